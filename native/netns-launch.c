@@ -1,0 +1,400 @@
+/*
+ * netns-launch: start one program inside fresh user, network, mount and PID
+ * namespaces, with loopback up and a private /tmp, in a single process chain
+ * and without spawning helper programs (each exec costs 10+ ms on small VMs).
+ *
+ *   netns-launch [--keep PATH]... [--tmp-size BYTES] [--noexec] [--probe] -- PROGRAM [ARG]...
+ *
+ * Process layout (why three processes):
+ *   relay (the pid Vitest sees)  -- forwards signals, exits like the program
+ *     └ init (pid 1 of the new PID namespace) -- reaps orphans; when it goes,
+ *         the kernel kills everything left in the namespace
+ *         └ PROGRAM (pid 2, no capabilities, no_new_privs)
+ * The program cannot be the direct child of Vitest: a process whose PID
+ * namespace for children differs from its own cannot create threads, and
+ * Node needs threads. If Vitest dies (even SIGKILL), PR_SET_PDEATHSIG kills
+ * the relay's init and with it the whole namespace.
+ *
+ * Errors before the program starts are printed as one line
+ *   netns-launch: <step>: <errno name>: <message>
+ * and exit with status 125, so the caller can explain them (see diagnostics).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SETUP_FAILED 125
+#define MAX_KEEP 64
+
+#ifndef SECBIT_NOROOT
+#define SECBIT_NOROOT (1 << 0)
+#define SECBIT_NOROOT_LOCKED (1 << 1)
+#endif
+#ifndef PR_CAP_AMBIENT
+#define PR_CAP_AMBIENT 47
+#define PR_CAP_AMBIENT_CLEAR_ALL 4
+#endif
+
+static const char *step = "start";
+static const char *keep_paths[MAX_KEEP];
+static int keep_count;
+
+static const char *errno_name(int e) {
+  switch (e) {
+  case EPERM: return "EPERM";
+  case EACCES: return "EACCES";
+  case EINVAL: return "EINVAL";
+  case ENOSPC: return "ENOSPC";
+  case ENOSYS: return "ENOSYS";
+  case ENOENT: return "ENOENT";
+  case ENOMEM: return "ENOMEM";
+  case EUSERS: return "EUSERS";
+  case EBUSY: return "EBUSY";
+  case ENOTDIR: return "ENOTDIR";
+  default: return "E?";
+  }
+}
+
+static void die(const char *what) {
+  int e = errno;
+  fprintf(stderr, "netns-launch: %s: %s: %s%s%s\n", step, errno_name(e), strerror(e),
+          what ? ": " : "", what ? what : "");
+  _exit(SETUP_FAILED);
+}
+
+static void write_file(const char *path, const char *text) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) die(path);
+  size_t len = strlen(text);
+  if (write(fd, text, len) != (ssize_t)len) die(path);
+  close(fd);
+}
+
+static void map_ids(uid_t uid, gid_t gid) {
+  char buf[64];
+  step = "setgroups";
+  int fd = open("/proc/self/setgroups", O_WRONLY | O_CLOEXEC);
+  if (fd >= 0) { /* absent on kernels before 3.19 */
+    if (write(fd, "deny", 4) != 4) die("/proc/self/setgroups");
+    close(fd);
+  }
+  step = "uid_map";
+  snprintf(buf, sizeof buf, "%u %u 1\n", (unsigned)uid, (unsigned)uid);
+  write_file("/proc/self/uid_map", buf);
+  step = "gid_map";
+  snprintf(buf, sizeof buf, "%u %u 1\n", (unsigned)gid, (unsigned)gid);
+  write_file("/proc/self/gid_map", buf);
+}
+
+/* The kernel adds 127.0.0.1/8 and ::1 to lo by itself when it goes up. */
+static void loopback_up(void) {
+  step = "loopback";
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) die("socket");
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  strcpy(ifr.ifr_name, "lo");
+  if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) die("SIOCGIFFLAGS lo");
+  ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+  if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) die("SIOCSIFFLAGS lo");
+  close(s);
+}
+
+static void write_new_file(const char *path, const char *text) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) die(path);
+  size_t len = strlen(text);
+  if (write(fd, text, len) != (ssize_t)len) die(path);
+  close(fd);
+}
+
+/* Bind a file over an /etc file read-only, if the target exists. */
+static void bind_over(const char *src, const char *target) {
+  struct stat st;
+  if (stat(target, &st) < 0 || !S_ISREG(st.st_mode)) return; /* nothing to hide */
+  if (mount(src, target, NULL, MS_BIND, NULL) < 0) die(target);
+  if (mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+    die(target);
+}
+
+/*
+ * Own resolv.conf, hosts and nsswitch.conf, so that `localhost` resolves from
+ * the file and every other name fails at once (a nameserver on our own
+ * loopback refuses immediately) instead of waiting on an unreachable server
+ * or asking a resolver daemon of the host over a unix socket.
+ * The files live on a small tmpfs that is detached again: the bind mounts keep
+ * it alive, and nothing of it shows up in /tmp.
+ */
+static void private_etc(void) {
+  char hostname[256] = "localhost";
+  char hosts[700];
+  step = "etc";
+  gethostname(hostname, sizeof hostname - 1);
+  if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=0755") < 0)
+    die("staging tmpfs");
+  snprintf(hosts, sizeof hosts,
+           "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n", hostname);
+  write_new_file("/tmp/hosts", hosts);
+  write_new_file("/tmp/resolv.conf", "# vitest-environment-netns: no network, names fail fast\n"
+                                     "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n");
+  write_new_file("/tmp/nsswitch.conf", "# vitest-environment-netns\npasswd: files\ngroup: files\n"
+                                       "shadow: files\nhosts: files dns\nnetworks: files\n");
+  bind_over("/tmp/hosts", "/etc/hosts");
+  bind_over("/tmp/resolv.conf", "/etc/resolv.conf");
+  bind_over("/tmp/nsswitch.conf", "/etc/nsswitch.conf");
+  if (umount2("/tmp", MNT_DETACH) < 0) die("detach staging tmpfs");
+}
+
+/* mkdir -p for the parents of `path`, inside the new /tmp. */
+static void make_parents(char *path) {
+  for (char *p = path + 5; (p = strchr(p, '/')) != NULL; p++) {
+    *p = '\0';
+    if (mkdir(path, 0755) < 0 && errno != EEXIST) die(path);
+    *p = '/';
+  }
+}
+
+/*
+ * Paths under the host's /tmp that the program needs (a project, a Node
+ * binary, Vitest itself) are bound again from a descriptor kept on the old
+ * /tmp: the new tmpfs hides them, and a path-based source would resolve into
+ * the new tmpfs.
+ */
+static void keep_paths_from(int old_tmp) {
+  char src[4200], target[4200];
+  step = "keep";
+  for (int i = 0; i < keep_count; i++) {
+    const char *rel = keep_paths[i] + 5; /* after "/tmp/" */
+    struct stat st;
+    snprintf(src, sizeof src, "/proc/self/fd/%d/%s", old_tmp, rel);
+    if (stat(src, &st) < 0) continue; /* vanished: nothing to keep */
+    snprintf(target, sizeof target, "/tmp/%s", rel);
+    make_parents(target);
+    if (S_ISDIR(st.st_mode)) {
+      if (mkdir(target, 0755) < 0 && errno != EEXIST) die(target);
+    } else {
+      int fd = open(target, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+      if (fd < 0) die(target);
+      close(fd);
+    }
+    if (mount(src, target, NULL, MS_BIND | MS_REC, NULL) < 0) die(keep_paths[i]);
+  }
+}
+
+static void private_tmp(const char *size, int noexec) {
+  char opts[128];
+  step = "tmp";
+  int old_tmp = open("/tmp", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (old_tmp < 0) die("/tmp");
+  snprintf(opts, sizeof opts, "mode=1777%s%s", size ? ",size=" : "", size ? size : "");
+  if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | (noexec ? MS_NOEXEC : 0), opts) < 0)
+    die("tmpfs on /tmp");
+  keep_paths_from(old_tmp);
+  close(old_tmp);
+}
+
+static void setup_mounts(const char *tmp_size, int noexec) {
+  step = "mount";
+  /* Nothing we mount may propagate back to the host. */
+  if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) die("make / a slave mount");
+  private_etc();
+  private_tmp(tmp_size, noexec);
+}
+
+/* Everything the program runs with: no capabilities now or after exec. */
+static void drop_privileges(uid_t uid) {
+  step = "capabilities";
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("no_new_privs");
+  if (uid == 0 && prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED, 0, 0, 0) < 0)
+    die("securebits");
+  for (int cap = 0; cap <= 63; cap++)
+    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) die("bounding set");
+  prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+  struct __user_cap_data_struct data[2];
+  memset(data, 0, sizeof data);
+  if (syscall(SYS_capset, &hdr, data) < 0) die("capset");
+}
+
+static void close_from(int lowfd) {
+  if (syscall(SYS_close_range, lowfd, ~0U, 0) == 0) return;
+  long max = sysconf(_SC_OPEN_MAX);
+  for (int fd = lowfd; fd < (max > 0 ? max : 4096); fd++) close(fd);
+}
+
+/*
+ * Replace stdio with /dev/null and close everything else (Vitest's IPC channel
+ * and pipes must close when the program exits), but `a` (moved to 3) and `b`
+ * (moved to 4, if >= 0).
+ */
+static void detach_fds(int a, int b) {
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  int a2 = fcntl(a, F_DUPFD_CLOEXEC, 10), b2 = b >= 0 ? fcntl(b, F_DUPFD_CLOEXEC, 10) : -1;
+  for (int fd = 0; fd < 3; fd++) dup2(null, fd);
+  dup2(a2, 3);
+  if (b2 >= 0) dup2(b2, 4);
+  close_from(b2 >= 0 ? 5 : 4);
+}
+
+static volatile pid_t forward_to;
+static void forward_signal(int sig) {
+  if (forward_to > 0) kill(forward_to, sig);
+}
+static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
+
+static void install_forwarding(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = forward_signal;
+  sa.sa_flags = SA_RESTART;
+  for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaction(forwarded[i], &sa, NULL);
+}
+
+static void reset_signals(void) {
+  sigset_t none;
+  sigemptyset(&none);
+  for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) signal(forwarded[i], SIG_DFL);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+/* pid 1 of the new PID namespace. Never returns. */
+static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  /* The relay may have been killed before PDEATHSIG was armed. */
+  struct pollfd pfd = {relay_alive, POLLIN, 0};
+  if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLIN))) _exit(SETUP_FAILED);
+  close(relay_alive);
+  prctl(PR_SET_NAME, "netns-init", 0, 0, 0);
+
+  /* A /proc of our own, so pids read there match getpid(). Not possible under
+   * some container runtimes (masked /proc paths): then the host's stays. */
+  mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+
+  install_forwarding();
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    close(status_fd);
+    reset_signals();
+    drop_privileges(uid);
+    execvp(argv[0], argv);
+    step = "exec";
+    die(argv[0]);
+  }
+  forward_to = child;
+  detach_fds(status_fd, -1);
+  for (;;) {
+    int status;
+    pid_t pid = waitpid(-1, &status, 0);
+    if (pid == child) {
+      if (write(3, &status, sizeof status) < 0) { /* relay gone: nothing to tell */ }
+      _exit(0); /* the kernel now kills whatever is left in the namespace */
+    }
+    if (pid < 0 && errno != EINTR) _exit(SETUP_FAILED);
+  }
+}
+
+/* The process Vitest started: waits for init, exits as the program did. */
+static int run_relay(pid_t init, int status_fd, int alive_fd) {
+  forward_to = init;
+  install_forwarding();
+  detach_fds(status_fd, alive_fd); /* fd 4 stays open: init's "relay alive" check */
+  int raw, status = 0;
+  while (waitpid(init, &raw, 0) < 0 && errno == EINTR) {}
+  ssize_t n;
+  while ((n = read(3, &status, sizeof status)) < 0 && errno == EINTR) {}
+  if (n != (ssize_t)sizeof status) status = raw; /* init itself was killed */
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  int sig = WTERMSIG(status);
+  reset_signals();
+  signal(sig, SIG_DFL);
+  raise(sig);
+  return 128 + sig;
+}
+
+static void usage(void) {
+  fprintf(stderr, "usage: netns-launch [--keep /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--probe] -- PROGRAM [ARG]...\n");
+  _exit(2);
+}
+
+int main(int argc, char **argv) {
+  const char *tmp_size = NULL;
+  int noexec = 0, probe = 0, i;
+  for (i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--") == 0) { i++; break; }
+    if (strcmp(argv[i], "--keep") == 0 && i + 1 < argc) {
+      const char *p = argv[++i];
+      if (strncmp(p, "/tmp/", 5) != 0 || strstr(p, "/../") || keep_count == MAX_KEEP) usage();
+      keep_paths[keep_count++] = p;
+    } else if (strcmp(argv[i], "--tmp-size") == 0 && i + 1 < argc) {
+      tmp_size = argv[++i];
+    } else if (strcmp(argv[i], "--noexec") == 0) {
+      noexec = 1;
+    } else if (strcmp(argv[i], "--probe") == 0) {
+      probe = 1;
+    } else {
+      usage();
+    }
+  }
+  if (!probe && i >= argc) usage();
+
+  uid_t uid = geteuid();
+  gid_t gid = getegid();
+  pid_t parent = getppid();
+  /* Die with Vitest; if it is already gone, do not start at all. */
+  prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  if (getppid() != parent) _exit(SETUP_FAILED);
+
+  step = "unshare";
+  if (unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID) < 0) die("user, net, mount and pid namespaces");
+  map_ids(uid, gid);
+  loopback_up();
+  setup_mounts(tmp_size, noexec);
+
+  int status_pipe[2], alive_pipe[2];
+  step = "fork";
+  if (pipe2(status_pipe, O_CLOEXEC) < 0 || pipe2(alive_pipe, O_CLOEXEC) < 0) die("pipe");
+  pid_t init = fork();
+  if (init < 0) die("fork");
+  if (init == 0) {
+    close(status_pipe[0]);
+    close(alive_pipe[1]);
+    if (probe) {
+      /* Mount /proc and drop privileges as a real start would, then report. */
+      mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+      drop_privileges(uid);
+      _exit(0);
+    }
+    run_init(argv + i, uid, status_pipe[1], alive_pipe[0]);
+  }
+  close(status_pipe[1]);
+  close(alive_pipe[0]);
+  if (probe) {
+    int st;
+    while (waitpid(init, &st, 0) < 0 && errno == EINTR) {}
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+      printf("ok\n");
+      return 0;
+    }
+    return SETUP_FAILED;
+  }
+  return run_relay(init, status_pipe[0], alive_pipe[1]);
+}

@@ -1,0 +1,179 @@
+// How a namespaced worker is started: the native launcher (one exec, all
+// setup done with syscalls) or, where it could not be built, a chain of
+// util-linux tools doing the same steps. Both take the same inputs and both
+// can be probed once up front, so a machine that cannot run them fails fast.
+import { spawn } from 'node:child_process'
+import { accessSync, constants, realpathSync } from 'node:fs'
+import { dirname, join, resolve, sep } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { ResolvedNetnsOptions } from './config.js'
+
+export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+export const nativeLauncherPath = join(packageRoot, 'build', 'netns-launch')
+
+export interface LaunchPlan {
+  kind: 'native' | 'shell'
+  /** Spawn `file` with `[...prefix, program, ...args]`. */
+  file: string
+  prefix: string[]
+}
+
+/** Exit status of a launcher that failed before the program started. */
+export const SETUP_FAILED = 125
+
+function isExecutable(path: string): boolean {
+  try {
+    accessSync(path, constants.X_OK)
+    return true
+  } catch {
+    return false
+  }
+}
+
+export function findTool(name: string): string | undefined {
+  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':').concat(['/usr/sbin', '/sbin'])) {
+    if (dir && isExecutable(join(dir, name))) return join(dir, name)
+  }
+  return undefined
+}
+
+/**
+ * Paths under /tmp that a worker needs although its /tmp is private: the
+ * project, the Node binary's install prefix, Vitest, this package. Reduced to
+ * the outermost ones, since a bound directory brings its subtree.
+ */
+export function pathsToKeep(candidates: string[]): string[] {
+  const real = new Set<string>()
+  for (const path of candidates) {
+    let p: string
+    try {
+      p = realpathSync(path)
+    } catch {
+      continue
+    }
+    if (p.startsWith('/tmp/') && p.length > 5) real.add(p)
+  }
+  const sorted = [...real].sort()
+  return sorted.filter((p, i) => !sorted.slice(0, i).some((q) => p.startsWith(q + sep)))
+}
+
+/** The Node installation prefix (…/bin/node → …). */
+export function nodePrefix(execPath = process.execPath): string {
+  const bin = dirname(realpathSync(execPath))
+  return bin.endsWith('/bin') ? dirname(bin) : bin
+}
+
+// Same steps as native/netns-launch.c, as a shell script run by unshare.
+// mount(8) insists on uid 0, so the outer user namespace maps us to root and a
+// nested one maps back to the real uid just before the program starts.
+const SHELL_SETUP = String.raw`set -e
+ip link set lo up
+mount --make-rslave /
+mount -t tmpfs -o size=64k,mode=0755,nosuid,nodev tmpfs /tmp
+printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n' "$(hostname 2>/dev/null || echo localhost)" > /tmp/hosts
+printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' > /tmp/resolv.conf
+printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\n' > /tmp/nsswitch.conf
+for f in hosts resolv.conf nsswitch.conf; do
+  if [ -f /etc/$f ]; then mount --bind /tmp/$f /etc/$f; mount -o remount,bind,ro /etc/$f; fi
+done
+umount -l /tmp
+exec 9</tmp
+mount -t tmpfs -o "mode=1777,nosuid,nodev$NETNS_TMP_OPTS" tmpfs /tmp
+for rel in $NETNS_KEEP; do
+  mkdir -p "/tmp/$rel"
+  mount --no-canonicalize --rbind "/proc/self/fd/9/$rel" "/tmp/$rel"
+done
+exec 9<&-
+if [ "$NETNS_UID" = 0 ]; then
+  exec setpriv --no-new-privs --inh-caps=-all --ambient-caps=-all --bounding-set=-all --securebits=+noroot,+noroot_locked -- "$@"
+fi
+exec unshare --user --map-user="$NETNS_UID" --map-group="$NETNS_GID" -- setpriv --no-new-privs -- "$@"
+`
+
+export class LauncherUnavailableError extends Error {}
+
+export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): LaunchPlan {
+  const useNative = options.launcher === 'native' || (options.launcher === 'auto' && isExecutable(nativeLauncherPath))
+  if (useNative) {
+    if (!isExecutable(nativeLauncherPath)) {
+      throw new LauncherUnavailableError(
+        `the native launcher ${nativeLauncherPath} was not built. Install a C compiler ` +
+          `(Debian/Ubuntu: apt-get install gcc libc6-dev) and run 'npm rebuild vitest-environment-netns', ` +
+          `or set launcher: 'auto'.`,
+      )
+    }
+    const prefix: string[] = []
+    for (const path of keep) prefix.push('--keep', path)
+    if (options.tmpSize) prefix.push('--tmp-size', options.tmpSize)
+    if (options.tmpNoexec) prefix.push('--noexec')
+    prefix.push('--')
+    return { kind: 'native', file: nativeLauncherPath, prefix }
+  }
+  const missing = ['unshare', 'ip', 'mount', 'setpriv'].filter((tool) => !findTool(tool))
+  if (missing.length) {
+    throw new LauncherUnavailableError(
+      `the native launcher was not built and the fallback needs ${missing.join(', ')}, which ${missing.length > 1 ? 'are' : 'is'} not on PATH. ` +
+        `Install a C compiler (Debian/Ubuntu: apt-get install gcc libc6-dev; then npm rebuild vitest-environment-netns), ` +
+        `or the tools (Debian/Ubuntu: apt-get install util-linux iproute2).`,
+    )
+  }
+  const uid = process.getuid?.() ?? 0
+  const gid = process.getgid?.() ?? 0
+  const tmpOpts = `${options.tmpSize ? `,size=${options.tmpSize}` : ''}${options.tmpNoexec ? ',noexec' : ''}`
+  const keepRel = keep.map((p) => p.slice('/tmp/'.length))
+  if (keepRel.some((p) => /\s/.test(p))) {
+    throw new LauncherUnavailableError(`the shell launcher cannot keep paths with spaces under /tmp (${keep.join(', ')}); build the native launcher.`)
+  }
+  const env = `NETNS_UID=${uid} NETNS_GID=${gid} NETNS_TMP_OPTS='${tmpOpts}' NETNS_KEEP='${keepRel.join(' ')}'`
+  return {
+    kind: 'shell',
+    file: findTool('unshare')!,
+    prefix: [
+      '--user', '--map-root-user', '--net', '--mount', '--pid', '--fork', '--kill-child',
+      '--', 'sh', '-c', `${env}; export NETNS_UID NETNS_GID NETNS_TMP_OPTS NETNS_KEEP\n${SHELL_SETUP}`, 'netns-launch',
+    ],
+  }
+}
+
+export interface ProbeResult {
+  ok: boolean
+  /** The launcher's own words when it failed (stderr). */
+  output: string
+  /** Setup step that failed, as the native launcher names it (`unshare`, `uid_map`, `loopback`, …). */
+  step?: string
+  errno?: string
+}
+
+/** Runs the whole setup once, exactly as a worker start would, but starts `true` instead of a worker. */
+export function probe(plan: LaunchPlan): Promise<ProbeResult> {
+  const args = plan.kind === 'native' ? ['--probe', ...plan.prefix.slice(0, -1)] : [...plan.prefix, 'true']
+  return new Promise((resolvePromise) => {
+    const child = spawn(plan.file, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+    let output = ''
+    child.stdout.on('data', () => {})
+    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()))
+    child.on('error', (error) => resolvePromise({ ok: false, output: String(error), step: 'exec' }))
+    child.on('close', (code) => {
+      if (code === 0) return resolvePromise({ ok: true, output })
+      const match = /netns-launch: ([a-z_]+): (E[A-Z?]+):/.exec(output)
+      resolvePromise({ ok: false, output: output.trim(), step: match?.[1] ?? shellStep(output), errno: match?.[2] ?? shellErrno(output) })
+    })
+  })
+}
+
+function shellStep(output: string): string | undefined {
+  if (/unshare failed|unshare: unshare/.test(output)) return 'unshare'
+  if (/uid_map|setgroups/.test(output)) return 'uid_map'
+  if (/gid_map/.test(output)) return 'gid_map'
+  if (/RTNETLINK|Cannot find device "lo"/.test(output)) return 'loopback'
+  if (/mount/.test(output)) return 'mount'
+  return undefined
+}
+
+function shellErrno(output: string): string | undefined {
+  if (/Operation not permitted/.test(output)) return 'EPERM'
+  if (/Permission denied/.test(output)) return 'EACCES'
+  if (/No space left/.test(output)) return 'ENOSPC'
+  if (/Invalid argument/.test(output)) return 'EINVAL'
+  return undefined
+}

@@ -1,0 +1,256 @@
+// The netns pool: one custom Vitest pool that starts every `netns` test file
+// in its own namespaced worker process and hands every other file to the
+// worker the project had configured (forks, threads, vmForks, vmThreads or a
+// custom pool), unchanged.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { EventEmitter } from 'node:events'
+import { resolve } from 'node:path'
+import {
+  ForksPoolWorker,
+  ThreadsPoolWorker,
+  VmForksPoolWorker,
+  VmThreadsPoolWorker,
+  type PoolOptions,
+  type PoolRunnerInitializer,
+  type PoolWorker,
+  type WorkerRequest,
+} from 'vitest/node'
+import type { LaunchPlan } from './launcher.js'
+
+export const POOL_NAME = 'netns'
+export const ENVIRONMENT_NAME = 'netns'
+const SIGKILL_TIMEOUT = 500
+
+/** What the plugin decided for one project when Vitest started. */
+export interface ProjectPlan {
+  /** How to start a namespaced worker; absent when namespaces are unsupported and skipped. */
+  launch?: LaunchPlan
+  /** Why netns files are skipped (onUnsupported: 'skip'). */
+  skipReason?: string
+  /** The pool the user configured, for files of other environments. */
+  userPool: string
+  userPoolRunner?: PoolRunnerInitializer
+  mode: 'root' | 'rootless'
+}
+
+type Task = Parameters<NonNullable<PoolWorker['canReuse']>>[0]
+
+export function createNetnsPool(plan: ProjectPlan): PoolRunnerInitializer {
+  return {
+    name: POOL_NAME,
+    createPoolWorker(options: PoolOptions): PoolWorker {
+      if (options.environment.name === ENVIRONMENT_NAME) {
+        return plan.launch ? new NetnsPoolWorker(options, plan, plan.launch) : new ForksPoolWorker(skipOptions(options, plan))
+      }
+      return new DelegatingPoolWorker(userWorker(options, plan), options.environment)
+    },
+  }
+}
+
+function userWorker(options: PoolOptions, plan: ProjectPlan): PoolWorker {
+  switch (plan.userPool) {
+    case 'threads': return new ThreadsPoolWorker(options)
+    case 'vmThreads': return new VmThreadsPoolWorker(options)
+    case 'vmForks': return new VmForksPoolWorker(options)
+    case 'forks': return new ForksPoolWorker(options)
+  }
+  if (plan.userPoolRunner) return plan.userPoolRunner.createPoolWorker(options)
+  throw new Error(`vitest-environment-netns: the project's pool '${plan.userPool}' is not one this plugin can hand files to.`)
+}
+
+/** Unsupported machine, onUnsupported 'skip': a plain worker whose tests skip themselves (see skip-setup.ts). */
+function skipOptions(options: PoolOptions, plan: ProjectPlan): PoolOptions {
+  return { ...options, env: { ...options.env, VITEST_NETNS_SKIP: plan.skipReason ?? 'netns is not supported here' } }
+}
+
+/** Environments equal as Vitest compares them: by name and options. */
+function sameEnvironment(a: PoolOptions['environment'], b: PoolOptions['environment']): boolean {
+  return a.name === b.name && JSON.stringify(a.options ?? null) === JSON.stringify(b.options ?? null)
+}
+
+/**
+ * A worker of the user's pool under the netns pool's name, so Vitest can keep
+ * reusing it (isolate: false) exactly as before. The worker itself is told its
+ * real pool name, which the runtime uses (vmThreads/vmForks behave differently).
+ */
+class DelegatingPoolWorker implements PoolWorker {
+  readonly name = POOL_NAME
+  constructor(
+    private readonly inner: PoolWorker,
+    private readonly environment: PoolOptions['environment'],
+  ) {}
+  get cacheFs() { return this.inner.cacheFs }
+  get reportMemory() { return this.inner.reportMemory }
+  on(event: string, callback: (...args: any[]) => void) { this.inner.on(event, callback) }
+  off(event: string, callback: (...args: any[]) => void) { this.inner.off(event, callback) }
+  send(message: WorkerRequest) {
+    if (message.type === 'start') message = { ...message, context: { ...message.context, pool: this.inner.name } }
+    this.inner.send(message)
+  }
+  deserialize(data: unknown) { return this.inner.deserialize(data) }
+  start() { return this.inner.start() }
+  stop() { return this.inner.stop() }
+  canReuse(task: Task): boolean {
+    if (task.context.environment.name === ENVIRONMENT_NAME) return false
+    if (this.inner.canReuse) return this.inner.canReuse(task)
+    return sameEnvironment(this.environment, task.context.environment)
+  }
+}
+
+type Request = WorkerRequest & { type: 'run' | 'collect' }
+interface Response { __vitest_worker_response__: true; type: string; error?: unknown }
+
+function isResponse(message: unknown, type?: string): message is Response {
+  const m = message as Response | null
+  return typeof m === 'object' && m !== null && m.__vitest_worker_response__ === true && (type === undefined || m.type === type)
+}
+
+/**
+ * A worker process started inside fresh namespaces. Vitest talks to it as to
+ * its own forks worker (same entry point, same IPC). A task may carry several
+ * files (isolate: false with one worker): then each file still gets a fresh
+ * process, and so fresh namespaces, one after the other, under this object.
+ */
+export class NetnsPoolWorker implements PoolWorker {
+  readonly name = POOL_NAME
+  // Forks workers pass transformed modules as files in Vitest's temp dir under /tmp, which the private /tmp hides.
+  readonly cacheFs = false
+  private readonly events = new EventEmitter()
+  private child: ChildProcess | undefined
+  private startRequest: WorkerRequest | undefined
+  private readonly entrypoint: string
+  private readonly stdout: NodeJS.WritableStream
+  private readonly stderr: NodeJS.WritableStream
+  private readonly env: NodeJS.ProcessEnv
+
+  constructor(private readonly options: PoolOptions, plan: ProjectPlan, private readonly launch: LaunchPlan) {
+    this.entrypoint = resolve(options.distPath, 'workers/forks.js')
+    this.stdout = options.project.vitest.logger.outputStream
+    this.stderr = options.project.vitest.logger.errorStream
+    this.env = {
+      ...options.env,
+      TMPDIR: '/tmp',
+      TMP: '/tmp',
+      TEMP: '/tmp',
+      VITEST_NETNS: '1',
+      VITEST_NETNS_MODE: plan.mode,
+    }
+  }
+
+  on(event: string, callback: (...args: any[]) => void) { this.events.on(event, callback) }
+  off(event: string, callback: (...args: any[]) => void) { this.events.off(event, callback) }
+  deserialize(data: unknown) { return data }
+  canReuse() { return false } // a namespaced worker never serves a second task
+
+  async start() {
+    this.child ??= this.spawnChild()
+  }
+
+  private spawnChild(): ChildProcess {
+    const child = spawn(
+      this.launch.file,
+      [...this.launch.prefix, process.execPath, ...this.options.execArgv, this.entrypoint],
+      { env: this.env, stdio: ['pipe', 'pipe', 'pipe', 'ipc'], serialization: 'advanced' },
+    )
+    child.on('message', (message) => this.onChildMessage(message))
+    child.on('error', (error) => this.events.emit('error', error))
+    child.on('exit', (code, signal) => {
+      if (this.child === child) this.events.emit('exit', code, signal)
+    })
+    child.stdout?.pipe(this.stdout, { end: false })
+    child.stderr?.pipe(this.stderr, { end: false })
+    return child
+  }
+
+  send(message: WorkerRequest) {
+    if (message.type === 'start') this.startRequest = message
+    if ((message.type === 'run' || message.type === 'collect') && message.context.files.length > 1) {
+      void this.runEachFileAlone(message as Request)
+      return
+    }
+    this.child?.send(message)
+  }
+
+  // --- one process per file, when Vitest hands several files to one worker ---
+
+  private swallow: ((message: unknown) => boolean) | undefined
+
+  private onChildMessage(message: unknown) {
+    if (this.swallow?.(message)) return
+    this.events.emit('message', message)
+  }
+
+  /** Resolves with the first message of `type`, which is not passed on to Vitest. */
+  private take(type: string): Promise<Response> {
+    return new Promise((resolvePromise, reject) => {
+      const child = this.child!
+      const onExit = () => reject(new Error(`netns worker exited while waiting for '${type}'`))
+      child.once('exit', onExit)
+      this.swallow = (message) => {
+        if (!isResponse(message, type)) return false
+        this.swallow = undefined
+        child.off('exit', onExit)
+        resolvePromise(message)
+        return true
+      }
+    })
+  }
+
+  private async runEachFileAlone(request: Request) {
+    const files = request.context.files
+    let firstError: unknown
+    try {
+      for (const [index, file] of files.entries()) {
+        const last = index === files.length - 1
+        if (index > 0) {
+          const started = this.take('started')
+          this.child!.send(this.startRequest!)
+          const { error } = await started
+          if (error) throw error
+        }
+        const finished = last ? undefined : this.take('testfileFinished')
+        this.child!.send({ ...request, context: { ...request.context, files: [file] } })
+        if (last) return // its testfileFinished goes to Vitest
+        const result = await finished!
+        firstError ??= result.error
+        const stopped = this.take('stopped')
+        this.child!.send({ type: 'stop', __vitest_worker_request__: true } as WorkerRequest)
+        firstError ??= (await stopped).error
+        await this.replaceChild()
+      }
+    } catch (error) {
+      this.events.emit('message', { __vitest_worker_response__: true, type: 'testfileFinished', error: firstError ?? serialize(error) })
+    }
+  }
+
+  private async replaceChild() {
+    const old = this.child!
+    this.child = undefined
+    await this.terminate(old)
+    this.child = this.spawnChild()
+  }
+
+  private async terminate(child: ChildProcess) {
+    const exited = new Promise<void>((resolvePromise) => {
+      if (child.exitCode !== null || child.signalCode !== null) resolvePromise()
+      else child.once('exit', () => resolvePromise())
+    })
+    const killer = setTimeout(() => child.kill('SIGKILL'), SIGKILL_TIMEOUT)
+    child.kill()
+    await exited
+    clearTimeout(killer)
+    child.stdout?.unpipe(this.stdout)
+    child.stderr?.unpipe(this.stderr)
+  }
+
+  async stop() {
+    const child = this.child
+    if (!child) return
+    await this.terminate(child)
+    this.child = undefined
+  }
+}
+
+function serialize(error: unknown) {
+  return error instanceof Error ? { name: error.name, message: error.message, stack: error.stack } : error
+}

@@ -1,0 +1,28 @@
+// `test` with this package's fixtures. Use it in netns files:
+//   import { test, expect } from 'vitest-environment-netns/test'
+//   test('offline', ({ netns }) => { ... })
+import { test as base } from 'vitest'
+import { sandboxFromEnv, type NetnsSandbox } from './sandbox.js'
+
+export interface NetnsFixtures {
+  /** The sandbox this file runs in. */
+  netns: NetnsSandbox
+}
+
+export const test = base.extend<NetnsFixtures>({
+  // eslint-disable-next-line no-empty-pattern
+  netns: async ({}, use) => {
+    const sandbox = sandboxFromEnv()
+    if (!sandbox) {
+      throw new Error(
+        "vitest-environment-netns: the 'netns' fixture only works in files whose environment is 'netns' " +
+          "(add '// @vitest-environment netns' at the top of the file, or test.environment: 'netns'), with the netns() plugin enabled.",
+      )
+    }
+    await use(sandbox)
+  },
+})
+
+export const it = test
+export { describe, expect, vi, beforeAll, afterAll, beforeEach, afterEach } from 'vitest'
+export type { NetnsSandbox } from './sandbox.js'
