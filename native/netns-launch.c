@@ -3,7 +3,11 @@
  * namespaces, with loopback up and a private /tmp, in a single process chain
  * and without spawning helper programs (each exec costs 10+ ms on small VMs).
  *
- *   netns-launch [--keep PATH]... [--tmp-size BYTES] [--noexec] [--probe] -- PROGRAM [ARG]...
+ *   netns-launch [--keep PATH]... [--tmp-size BYTES] [--noexec] [--record] [--probe] -- PROGRAM [ARG]...
+ *
+ * --record counts and rejects traffic to outside addresses in the kernel
+ * (attempts.c); the program can ask for the counts over the socket whose fd
+ * is in VITEST_NETNS_FD ("attempts\n" -> lines, then "end\n").
  *
  * Process layout (why three processes):
  *   relay (the pid Vitest sees)  -- forwards signals, exits like the program
@@ -40,6 +44,8 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "attempts.h"
 
 #define SETUP_FAILED 125
 #define MAX_KEEP 64
@@ -241,17 +247,30 @@ static void close_from(int lowfd) {
 }
 
 /*
- * Replace stdio with /dev/null and close everything else (Vitest's IPC channel
- * and pipes must close when the program exits), but `a` (moved to 3) and `b`
- * (moved to 4, if >= 0).
+ * Replace stdio with /dev/null and close every other descriptor but `keep`:
+ * Vitest's IPC channel and output pipes must close when the program exits,
+ * not when a launcher process does.
  */
-static void detach_fds(int a, int b) {
+static void detach_fds(const int *keep, int count) {
   int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-  int a2 = fcntl(a, F_DUPFD_CLOEXEC, 10), b2 = b >= 0 ? fcntl(b, F_DUPFD_CLOEXEC, 10) : -1;
   for (int fd = 0; fd < 3; fd++) dup2(null, fd);
-  dup2(a2, 3);
-  if (b2 >= 0) dup2(b2, 4);
-  close_from(b2 >= 0 ? 5 : 4);
+  long max = sysconf(_SC_OPEN_MAX);
+  for (int fd = 3; fd < (max > 0 && max < 65536 ? max : 65536); fd++) {
+    int kept = 0;
+    for (int i = 0; i < count; i++) kept |= keep[i] == fd;
+    if (kept) continue;
+    int next = fd; /* close the whole gap up to the next kept fd at once */
+    int upper = -1;
+    for (int i = 0; i < count; i++)
+      if (keep[i] > next && (upper < 0 || keep[i] < upper)) upper = keep[i];
+    if (upper < 0) {
+      close_from(fd);
+      return;
+    }
+    if (syscall(SYS_close_range, fd, upper - 1, 0) < 0)
+      for (int f = fd; f < upper; f++) close(f);
+    fd = upper - 1;
+  }
 }
 
 static volatile pid_t forward_to;
@@ -276,7 +295,7 @@ static void reset_signals(void) {
 }
 
 /* pid 1 of the new PID namespace. Never returns. */
-static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive) {
+static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive, int worker_ctl) {
   prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   /* The relay may have been killed before PDEATHSIG was armed. */
   struct pollfd pfd = {relay_alive, POLLIN, 0};
@@ -294,33 +313,83 @@ static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive) {
   if (child == 0) {
     close(status_fd);
     reset_signals();
+    if (worker_ctl >= 0) {
+      char fd[16];
+      snprintf(fd, sizeof fd, "%d", worker_ctl);
+      fcntl(worker_ctl, F_SETFD, 0); /* survives exec */
+      setenv("VITEST_NETNS_FD", fd, 1);
+    }
     drop_privileges(uid);
     execvp(argv[0], argv);
     step = "exec";
     die(argv[0]);
   }
   forward_to = child;
-  detach_fds(status_fd, -1);
+  detach_fds(&status_fd, 1);
   for (;;) {
     int status;
     pid_t pid = waitpid(-1, &status, 0);
     if (pid == child) {
-      if (write(3, &status, sizeof status) < 0) { /* relay gone: nothing to tell */ }
+      if (write(status_fd, &status, sizeof status) < 0) { /* relay gone: nothing to tell */ }
       _exit(0); /* the kernel now kills whatever is left in the namespace */
     }
     if (pid < 0 && errno != EINTR) _exit(SETUP_FAILED);
   }
 }
 
-/* The process Vitest started: waits for init, exits as the program did. */
-static int run_relay(pid_t init, int status_fd, int alive_fd) {
+static int sigchld_pipe[2] = {-1, -1};
+static void on_sigchld(int sig) {
+  (void)sig;
+  int saved = errno;
+  if (write(sigchld_pipe[1], "", 1) < 0) { /* already woken */ }
+  errno = saved;
+}
+
+/* Answers the program's questions about what it tried to reach. */
+static void serve_request(int ctl) {
+  char request[64];
+  ssize_t n = read(ctl, request, sizeof request);
+  if (n <= 0) return;
+  static char reply[60000];
+  size_t len = attempts_dump(reply, sizeof reply - 8);
+  memcpy(reply + len, "end\n", 4);
+  len += 4;
+  for (size_t off = 0; off < len;) {
+    ssize_t w = write(ctl, reply + off, len - off);
+    if (w <= 0) return;
+    off += (size_t)w;
+  }
+}
+
+/* The process Vitest started: serves attempt queries, waits for init, exits as the program did. */
+static int run_relay(pid_t init, int status_fd, int alive_fd, int ctl) {
   forward_to = init;
   install_forwarding();
-  detach_fds(status_fd, alive_fd); /* fd 4 stays open: init's "relay alive" check */
-  int raw, status = 0;
-  while (waitpid(init, &raw, 0) < 0 && errno == EINTR) {}
+  int keep[] = {status_fd, alive_fd, ctl}; /* alive_fd open: init's "relay alive" check */
+  detach_fds(keep, ctl >= 0 ? 3 : 2);
+  if (pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK) < 0) _exit(SETUP_FAILED);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigchld;
+  sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+  sigaction(SIGCHLD, &sa, NULL);
+
+  int raw = 0;
+  for (;;) {
+    pid_t done = waitpid(init, &raw, WNOHANG);
+    if (done == init) break;
+    struct pollfd fds[2] = {{sigchld_pipe[0], POLLIN, 0}, {ctl, POLLIN, 0}};
+    if (poll(fds, ctl >= 0 ? 2 : 1, -1) < 0) continue;
+    if (fds[0].revents) {
+      char drain[64];
+      while (read(sigchld_pipe[0], drain, sizeof drain) > 0) {}
+    }
+    if (ctl >= 0 && fds[1].revents & POLLIN) serve_request(ctl);
+    if (ctl >= 0 && fds[1].revents & (POLLHUP | POLLERR)) ctl = -1; /* the program is gone */
+  }
+  int status = 0;
   ssize_t n;
-  while ((n = read(3, &status, sizeof status)) < 0 && errno == EINTR) {}
+  while ((n = read(status_fd, &status, sizeof status)) < 0 && errno == EINTR) {}
   if (n != (ssize_t)sizeof status) status = raw; /* init itself was killed */
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   int sig = WTERMSIG(status);
@@ -331,13 +400,13 @@ static int run_relay(pid_t init, int status_fd, int alive_fd) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: netns-launch [--keep /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--probe] -- PROGRAM [ARG]...\n");
+  fprintf(stderr, "usage: netns-launch [--keep /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--record] [--probe] -- PROGRAM [ARG]...\n");
   _exit(2);
 }
 
 int main(int argc, char **argv) {
   const char *tmp_size = NULL;
-  int noexec = 0, probe = 0, i;
+  int noexec = 0, probe = 0, record = 0, i;
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--") == 0) { i++; break; }
     if (strcmp(argv[i], "--keep") == 0 && i + 1 < argc) {
@@ -348,6 +417,8 @@ int main(int argc, char **argv) {
       tmp_size = argv[++i];
     } else if (strcmp(argv[i], "--noexec") == 0) {
       noexec = 1;
+    } else if (strcmp(argv[i], "--record") == 0) {
+      record = 1;
     } else if (strcmp(argv[i], "--probe") == 0) {
       probe = 1;
     } else {
@@ -367,6 +438,18 @@ int main(int argc, char **argv) {
   if (unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID) < 0) die("user, net, mount and pid namespaces");
   map_ids(uid, gid);
   loopback_up();
+  /* Without recording, no route leaves the namespace: connect() fails with ENETUNREACH. */
+  int ctl[2] = {-1, -1};
+  if (record) {
+    const char *why = "";
+    int err = attempts_setup(&why);
+    char state[200];
+    if (err) snprintf(state, sizeof state, "unavailable: %s: %s", why, strerror(err));
+    else snprintf(state, sizeof state, "on");
+    setenv("VITEST_NETNS_RECORDING", state, 1);
+    if (!err && !probe && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) < 0) die("socketpair");
+    if (probe) printf("recording %s\n", state);
+  }
   setup_mounts(tmp_size, noexec);
 
   int status_pipe[2], alive_pipe[2];
@@ -383,10 +466,12 @@ int main(int argc, char **argv) {
       drop_privileges(uid);
       _exit(0);
     }
-    run_init(argv + i, uid, status_pipe[1], alive_pipe[0]);
+    if (ctl[0] >= 0) close(ctl[0]);
+    run_init(argv + i, uid, status_pipe[1], alive_pipe[0], ctl[1]);
   }
   close(status_pipe[1]);
   close(alive_pipe[0]);
+  if (ctl[1] >= 0) close(ctl[1]);
   if (probe) {
     int st;
     while (waitpid(init, &st, 0) < 0 && errno == EINTR) {}
@@ -396,5 +481,5 @@ int main(int argc, char **argv) {
     }
     return SETUP_FAILED;
   }
-  return run_relay(init, status_pipe[0], alive_pipe[1]);
+  return run_relay(init, status_pipe[0], alive_pipe[1], ctl[0]);
 }

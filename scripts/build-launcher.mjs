@@ -2,21 +2,23 @@
 // compiler. Without a compiler the package still works: the launcher module
 // falls back to a chain of util-linux tools (slower, see docs/how-it-works.md).
 import { spawnSync } from 'node:child_process'
-import { mkdirSync, existsSync, statSync } from 'node:fs'
+import { mkdirSync, existsSync, readdirSync, statSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const source = join(root, 'native', 'netns-launch.c')
+const nativeDir = join(root, 'native')
+const sources = readdirSync(nativeDir).filter((f) => /\.[ch]$/.test(f)).map((f) => join(nativeDir, f))
 const output = join(root, 'build', 'netns-launch')
 const quiet = process.argv.includes('--quiet')
 
 if (process.platform !== 'linux') process.exit(0)
-if (existsSync(output) && statSync(output).mtimeMs >= statSync(source).mtimeMs) process.exit(0)
+const newest = Math.max(...sources.map((f) => statSync(f).mtimeMs))
+if (existsSync(output) && statSync(output).mtimeMs >= newest) process.exit(0)
 mkdirSync(dirname(output), { recursive: true })
 
 const compiler = process.env.CC || 'cc'
-const base = ['-O2', '-Wall', '-o', output, source]
+const base = ['-O2', '-Wall', '-o', output, ...sources.filter((f) => f.endsWith('.c'))]
 // Static first: no dynamic loader at every worker start. Not every libc ships a static archive.
 for (const extra of [['-static'], []]) {
   const result = spawnSync(compiler, [...extra, ...base], { stdio: quiet ? 'ignore' : 'inherit' })

@@ -19,6 +19,18 @@ export interface NetnsOptions {
    * `'auto'` (native when it was built). Default `'auto'`.
    */
   launcher?: 'auto' | 'native' | 'shell'
+  /**
+   * Count, in the kernel, every packet a netns file sends towards an outside
+   * address, and report them at the end of the file. Outside TCP connects then
+   * fail with ECONNREFUSED (reset) instead of ENETUNREACH. Default `true`.
+   */
+  recordAttempts?: boolean
+  /** Fail every test that tried to reach an outside address (needs recordAttempts). Default `false`. */
+  strict?: boolean
+  /** Keep a netns file's private /tmp after it ends: `'never'`, `'on-failure'` or `'always'`. Default `'never'`. */
+  keepTmp?: 'never' | 'on-failure' | 'always'
+  /** Where kept /tmp trees go, one directory per run (the newest 5 are kept). Default `<root>/node_modules/.vitest-netns/kept-tmp`. */
+  keepTmpDir?: string
 }
 
 export interface ResolvedNetnsOptions {
@@ -26,6 +38,10 @@ export interface ResolvedNetnsOptions {
   tmpSize: string | undefined
   tmpNoexec: boolean
   launcher: 'auto' | 'native' | 'shell'
+  recordAttempts: boolean
+  strict: boolean
+  keepTmp: 'never' | 'on-failure' | 'always'
+  keepTmpDir: string | undefined
 }
 
 export class NetnsConfigError extends Error {
@@ -35,7 +51,7 @@ export class NetnsConfigError extends Error {
   }
 }
 
-const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher'] as const
+const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher', 'recordAttempts', 'strict', 'keepTmp', 'keepTmpDir'] as const
 
 function oneOf<T extends string>(key: string, value: unknown, allowed: readonly T[], fallback: T): T {
   if (value === undefined) return fallback
@@ -65,13 +81,27 @@ export function resolveOptions(options: unknown): ResolvedNetnsOptions {
       throw new NetnsConfigError(`unknown option '${key}'. Known options: ${KEYS.join(', ')} (see docs/configuration.md).`)
     }
   }
-  if (record.tmpNoexec !== undefined && typeof record.tmpNoexec !== 'boolean') {
-    throw new NetnsConfigError(`option 'tmpNoexec' must be true or false; got ${JSON.stringify(record.tmpNoexec)}.`)
+  for (const key of ['tmpNoexec', 'recordAttempts', 'strict'] as const) {
+    if (record[key] !== undefined && typeof record[key] !== 'boolean') {
+      throw new NetnsConfigError(`option '${key}' must be true or false; got ${JSON.stringify(record[key])}.`)
+    }
+  }
+  if (record.strict === true && record.recordAttempts === false) {
+    throw new NetnsConfigError("option 'strict' needs attempt recording: remove 'recordAttempts: false' or 'strict: true'.")
+  }
+  if (record.keepTmpDir !== undefined && (typeof record.keepTmpDir !== 'string' || !record.keepTmpDir.startsWith('/') || record.keepTmpDir === '/tmp' || record.keepTmpDir.startsWith('/tmp/'))) {
+    throw new NetnsConfigError(
+      `option 'keepTmpDir' must be an absolute path outside /tmp (the sandbox's /tmp is its own); got ${JSON.stringify(record.keepTmpDir)}.`,
+    )
   }
   return {
     onUnsupported: oneOf('onUnsupported', record.onUnsupported, ['error', 'skip'], 'error'),
     tmpSize: resolveTmpSize(record.tmpSize),
     tmpNoexec: record.tmpNoexec === true,
     launcher: oneOf('launcher', record.launcher, ['auto', 'native', 'shell'], 'auto'),
+    recordAttempts: record.recordAttempts !== false,
+    strict: record.strict === true,
+    keepTmp: oneOf('keepTmp', record.keepTmp, ['never', 'on-failure', 'always'], 'never'),
+    keepTmpDir: record.keepTmpDir as string | undefined,
   }
 }

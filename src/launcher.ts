@@ -106,6 +106,7 @@ export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): Lau
     for (const path of keep) prefix.push('--keep', path)
     if (options.tmpSize) prefix.push('--tmp-size', options.tmpSize)
     if (options.tmpNoexec) prefix.push('--noexec')
+    if (options.recordAttempts) prefix.push('--record')
     prefix.push('--')
     return { kind: 'native', file: nativeLauncherPath, prefix }
   }
@@ -137,6 +138,8 @@ export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): Lau
 
 export interface ProbeResult {
   ok: boolean
+  /** 'on', 'unavailable: <why>', or 'off' (not asked for, or the shell launcher). */
+  recording: string
   /** The launcher's own words when it failed (stderr). */
   output: string
   /** Setup step that failed, as the native launcher names it (`unshare`, `uid_map`, `loopback`, …). */
@@ -150,13 +153,15 @@ export function probe(plan: LaunchPlan): Promise<ProbeResult> {
   return new Promise((resolvePromise) => {
     const child = spawn(plan.file, args, { stdio: ['ignore', 'pipe', 'pipe'] })
     let output = ''
-    child.stdout.on('data', () => {})
+    let stdout = ''
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()))
     child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()))
-    child.on('error', (error) => resolvePromise({ ok: false, output: String(error), step: 'exec' }))
+    child.on('error', (error) => resolvePromise({ ok: false, recording: 'off', output: String(error), step: 'exec' }))
     child.on('close', (code) => {
-      if (code === 0) return resolvePromise({ ok: true, output })
+      const recording = /^recording (.*)$/m.exec(stdout)?.[1] ?? 'off'
+      if (code === 0) return resolvePromise({ ok: true, recording, output })
       const match = /netns-launch: ([a-z_]+): (E[A-Z?]+):/.exec(output)
-      resolvePromise({ ok: false, output: output.trim(), step: match?.[1] ?? shellStep(output), errno: match?.[2] ?? shellErrno(output) })
+      resolvePromise({ ok: false, recording, output: output.trim(), step: match?.[1] ?? shellStep(output), errno: match?.[2] ?? shellErrno(output) })
     })
   })
 }

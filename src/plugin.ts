@@ -1,41 +1,69 @@
 // The Vite/Vitest plugin users add once: netns(options). When Vitest has
 // resolved each project's config (CLI flags included), it checks once that
 // namespaces can be created here, then routes the project's files through the
-// netns pool.
+// netns pool and prints one line saying what runs where.
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Plugin } from 'vite'
-import type { TestProject } from 'vitest/node'
+import type { TestProject, TestSpecification, Vitest } from 'vitest/node'
 import { resolveOptions, type NetnsOptions, type ResolvedNetnsOptions } from './config.js'
 import { unsupportedMessage } from './diagnostics.js'
-import { LauncherUnavailableError, nodePrefix, packageRoot, pathsToKeep, planLauncher, probe, type LaunchPlan } from './launcher.js'
-import { createNetnsPool, POOL_NAME, type ProjectPlan } from './pool.js'
+import { pruneRuns } from './keep-tmp.js'
+import { LauncherUnavailableError, nodePrefix, packageRoot, pathsToKeep, planLauncher, probe, type LaunchPlan, type ProbeResult } from './launcher.js'
+import { createNetnsPool, ENVIRONMENT_NAME, POOL_NAME, type ProjectPlan } from './pool.js'
 
 export type { NetnsOptions } from './config.js'
 
-const skipSetupFile = fileURLToPath(new URL('./skip-setup.js', import.meta.url))
+const workerSetupFile = fileURLToPath(new URL('./worker-setup.js', import.meta.url))
+const KEPT_RUNS = 5
 
 // One probe per launcher command and Vitest process: projects and watch-mode restarts share it.
-const probes = new Map<string, ReturnType<typeof probe>>()
-
-function probeOnce(plan: LaunchPlan) {
+const probes = new Map<string, Promise<ProbeResult>>()
+function probeOnce(plan: LaunchPlan): Promise<ProbeResult> {
   const key = [plan.file, ...plan.prefix].join('\0')
   let result = probes.get(key)
   if (!result) probes.set(key, (result = probe(plan)))
   return result
 }
 
-async function planProject(project: TestProject, options: ResolvedNetnsOptions): Promise<ProjectPlan> {
+const runId = `${new Date().toISOString().replace(/[:.]/g, '-')}-${process.pid}`
+
+interface ProjectState {
+  plan: ProjectPlan
+  summary: string
+}
+const projects = new WeakMap<TestProject, ProjectState>()
+
+async function planProject(project: TestProject, options: ResolvedNetnsOptions): Promise<ProjectState> {
   const config = project.config as typeof project.config & { poolRunner?: ProjectPlan['userPoolRunner'] }
   const userPool = config.pool === POOL_NAME ? 'forks' : config.pool
   const userPoolRunner = config.poolRunner?.name === POOL_NAME ? undefined : config.poolRunner
   const mode = process.getuid?.() === 0 ? 'root' : 'rootless'
+  const keepTmpBase = options.keepTmpDir ?? join(config.root, 'node_modules', '.vitest-netns', 'kept-tmp')
   const keep = pathsToKeep([config.root, project.vitest.config.root, process.cwd(), nodePrefix(), project.vitest.distPath, packageRoot])
+  const workerEnv: Record<string, string> = {
+    VITEST_NETNS_MODE: mode,
+    VITEST_NETNS_ROOT: config.root,
+    VITEST_NETNS_STRICT: options.strict ? '1' : '0',
+    VITEST_NETNS_KEEP_TMP: options.keepTmp,
+    VITEST_NETNS_KEEP_TMP_DIR: join(keepTmpBase, runId),
+  }
+  if (options.keepTmp !== 'never') pruneRuns(keepTmpBase, KEPT_RUNS - 1)
+  config.setupFiles = [...config.setupFiles, workerSetupFile]
 
   let failure: string
   try {
     const launch = planLauncher(options, keep)
     const result = await probeOnce(launch)
-    if (result.ok) return { launch, userPool, userPoolRunner, mode }
+    if (result.ok) {
+      if (launch.kind === 'shell' && options.recordAttempts) workerEnv.VITEST_NETNS_RECORDING = 'unavailable: the shell launcher does not record'
+      const recording = launch.kind === 'shell' ? 'not recorded (shell launcher)' : result.recording === 'on' ? 'recorded' : options.recordAttempts ? `not recorded (${result.recording})` : 'not recorded'
+      return {
+        plan: { launch, userPool, userPoolRunner, workerEnv },
+        summary: `${mode} mode, ${launch.kind} launcher, outside attempts ${recording}`,
+      }
+    }
     failure = unsupportedMessage(result)
   } catch (error) {
     if (!(error instanceof LauncherUnavailableError)) throw error
@@ -43,8 +71,40 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
   }
   if (options.onUnsupported === 'error') throw new Error(failure)
   project.vitest.logger.warn(`${failure}\n  netns test files will be reported as skipped (onUnsupported: 'skip').`)
-  config.setupFiles = [...config.setupFiles, skipSetupFile]
-  return { skipReason: failure.split('\n')[0], userPool, userPoolRunner, mode }
+  return {
+    plan: { skipReason: failure.split('\n')[0], userPool, userPoolRunner, workerEnv },
+    summary: 'unsupported here: netns files are skipped',
+  }
+}
+
+/** The environment a file will run in, as Vitest decides it: a docblock first, then the project's config. */
+function environmentOf(spec: TestSpecification): string {
+  try {
+    const head = readFileSync(spec.moduleId, 'utf8').slice(0, 4096)
+    const docblock = /@(?:vitest|jest)-environment\s+([\w-]+)/.exec(head)
+    if (docblock) return docblock[1]!
+  } catch {
+    // unreadable here: Vitest will report it
+  }
+  return spec.project.config.environment
+}
+
+const announced = new WeakSet<Vitest>()
+
+/** One line at the start of every run: how many files run in namespaces, and how. */
+function announce(vitest: Vitest): void {
+  if (announced.has(vitest)) return
+  announced.add(vitest)
+  vitest.config.reporters.push({
+    onTestRunStart(specifications: ReadonlyArray<TestSpecification>) {
+      const netnsFiles = specifications.filter((spec) => projects.has(spec.project) && environmentOf(spec) === ENVIRONMENT_NAME)
+      const modes = [...new Set(netnsFiles.map((spec) => projects.get(spec.project)!.summary))]
+      if (!netnsFiles.length) return
+      vitest.logger.log(
+        `vitest-environment-netns: ${netnsFiles.length} of ${specifications.length} test files run in their own namespaces (${modes.join('; ')})`,
+      )
+    },
+  } as never)
 }
 
 /**
@@ -55,12 +115,13 @@ export function netns(options?: NetnsOptions): Plugin {
   const resolved = resolveOptions(options)
   return {
     name: 'vitest-environment-netns',
-    async configureVitest({ project }: { project: TestProject }) {
-      const plan = await planProject(project, resolved)
-      const pool = createNetnsPool(plan)
+    async configureVitest({ project, vitest }: { project: TestProject; vitest: Vitest }) {
+      const state = await planProject(project, resolved)
+      projects.set(project, state)
       const config = project.config as typeof project.config & { poolRunner?: unknown }
       config.pool = POOL_NAME
-      config.poolRunner = pool
+      config.poolRunner = createNetnsPool(state.plan)
+      announce(vitest)
     },
   } as Plugin
 }

@@ -30,7 +30,8 @@ export interface ProjectPlan {
   /** The pool the user configured, for files of other environments. */
   userPool: string
   userPoolRunner?: PoolRunnerInitializer
-  mode: 'root' | 'rootless'
+  /** Extra environment of netns workers (mode, strict, keepTmp…), read by worker-setup.ts. */
+  workerEnv: Record<string, string>
 }
 
 type Task = Parameters<NonNullable<PoolWorker['canReuse']>>[0]
@@ -58,7 +59,7 @@ function userWorker(options: PoolOptions, plan: ProjectPlan): PoolWorker {
   throw new Error(`vitest-environment-netns: the project's pool '${plan.userPool}' is not one this plugin can hand files to.`)
 }
 
-/** Unsupported machine, onUnsupported 'skip': a plain worker whose tests skip themselves (see skip-setup.ts). */
+/** Unsupported machine, onUnsupported 'skip': a plain worker whose tests skip themselves (see worker-setup.ts). */
 function skipOptions(options: PoolOptions, plan: ProjectPlan): PoolOptions {
   return { ...options, env: { ...options.env, VITEST_NETNS_SKIP: plan.skipReason ?? 'netns is not supported here' } }
 }
@@ -132,8 +133,8 @@ export class NetnsPoolWorker implements PoolWorker {
       TMPDIR: '/tmp',
       TMP: '/tmp',
       TEMP: '/tmp',
+      ...plan.workerEnv,
       VITEST_NETNS: '1',
-      VITEST_NETNS_MODE: plan.mode,
     }
   }
 

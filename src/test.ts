@@ -2,11 +2,19 @@
 //   import { test, expect } from 'vitest-environment-netns/test'
 //   test('offline', ({ netns }) => { ... })
 import { test as base } from 'vitest'
+import { readAttempts, recordingState, type Attempt } from './attempts.js'
 import { sandboxFromEnv, type NetnsSandbox } from './sandbox.js'
+
+export interface NetnsFixture extends NetnsSandbox {
+  /** 'on' when outside attempts are recorded in the kernel, else why not. */
+  recording: string
+  /** Outside destinations this file's processes tried so far (blocked), with packet counts. */
+  attempts(): Promise<Attempt[]>
+}
 
 export interface NetnsFixtures {
   /** The sandbox this file runs in. */
-  netns: NetnsSandbox
+  netns: NetnsFixture
 }
 
 export const test = base.extend<NetnsFixtures>({
@@ -19,10 +27,11 @@ export const test = base.extend<NetnsFixtures>({
           "(add '// @vitest-environment netns' at the top of the file, or test.environment: 'netns'), with the netns() plugin enabled.",
       )
     }
-    await use(sandbox)
+    await use({ ...sandbox, recording: recordingState(), attempts: async () => (await readAttempts()) ?? [] })
   },
 })
 
 export const it = test
 export { describe, expect, vi, beforeAll, afterAll, beforeEach, afterEach } from 'vitest'
 export type { NetnsSandbox } from './sandbox.js'
+export type { Attempt } from './attempts.js'

@@ -1,0 +1,434 @@
+/*
+ * Recording attempts to reach the outside, in the kernel.
+ *
+ * Inside the sandbox's network namespace:
+ *   - default routes (IPv4 and IPv6) point at lo, so a packet to any outside
+ *     address is actually built and passes the netfilter output hook
+ *     (without a route, connect() fails before any packet exists);
+ *   - an nf_tables table counts each such packet in a dynamic set keyed by
+ *     destination . protocol . port, then rejects it: TCP with a reset
+ *     (ECONNREFUSED at once), anything else with an ICMP error (EPERM or
+ *     EHOSTUNREACH at once). Loopback traffic is untouched.
+ *   - route_localnet=1 on lo lets the reset, addressed to 127.0.0.1 from an
+ *     outside address, come back in over lo.
+ * The ruleset is sent as one nfnetlink batch (no `nft` process: that costs
+ * 20-30 ms per start). Equivalent nft syntax is in docs/how-it-works.md.
+ */
+#define _GNU_SOURCE
+#include "attempts.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netlink.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TABLE "vitest_netns"
+#define BUF_SIZE 16384
+
+/* ---- a tiny netlink message builder ---- */
+
+struct msg {
+  char *buf;
+  size_t len, cap;
+  int overflow;
+};
+
+static void *put(struct msg *m, const void *data, size_t len) {
+  size_t aligned = NLMSG_ALIGN(len);
+  if (m->len + aligned > m->cap) {
+    m->overflow = 1;
+    return NULL;
+  }
+  void *at = m->buf + m->len;
+  memset(at, 0, aligned);
+  if (data) memcpy(at, data, len);
+  m->len += aligned;
+  return at;
+}
+
+static size_t attr(struct msg *m, uint16_t type, const void *data, size_t len) {
+  struct nlattr a = {(uint16_t)(NLA_HDRLEN + len), type};
+  size_t at = m->len;
+  put(m, &a, sizeof a);
+  if (len) put(m, data, len);
+  return at;
+}
+static void attr_str(struct msg *m, uint16_t type, const char *s) { attr(m, type, s, strlen(s) + 1); }
+static void attr_u32(struct msg *m, uint16_t type, uint32_t host) {
+  uint32_t be = htonl(host);
+  attr(m, type, &be, sizeof be);
+}
+static size_t nest(struct msg *m, uint16_t type) { return attr(m, type | NLA_F_NESTED, NULL, 0); }
+static void nest_end(struct msg *m, size_t at) {
+  if (!m->overflow) ((struct nlattr *)(m->buf + at))->nla_len = (uint16_t)(m->len - at);
+}
+
+static size_t begin(struct msg *m, uint16_t type, uint16_t flags, uint8_t family, uint16_t res_id, uint32_t seq) {
+  struct nlmsghdr h = {0, type, (uint16_t)(NLM_F_REQUEST | flags), seq, 0};
+  struct nfgenmsg g = {family, NFNETLINK_V0, htons(res_id)};
+  size_t at = m->len;
+  put(m, &h, sizeof h);
+  put(m, &g, sizeof g);
+  return at;
+}
+static void end(struct msg *m, size_t at) {
+  if (!m->overflow) ((struct nlmsghdr *)(m->buf + at))->nlmsg_len = (uint32_t)(m->len - at);
+}
+#define NFT(type) ((NFNL_SUBSYS_NFTABLES << 8) | (type))
+
+/* ---- expressions ---- */
+
+struct expr {
+  size_t elem, data;
+};
+static struct expr expr_begin(struct msg *m, const char *name) {
+  struct expr e;
+  e.elem = nest(m, NFTA_LIST_ELEM);
+  attr_str(m, NFTA_EXPR_NAME, name);
+  e.data = nest(m, NFTA_EXPR_DATA);
+  return e;
+}
+static void expr_end(struct msg *m, struct expr e) {
+  nest_end(m, e.data);
+  nest_end(m, e.elem);
+}
+static void meta(struct msg *m, uint32_t key, uint32_t reg) {
+  struct expr e = expr_begin(m, "meta");
+  attr_u32(m, NFTA_META_KEY, key);
+  attr_u32(m, NFTA_META_DREG, reg);
+  expr_end(m, e);
+}
+static void cmp(struct msg *m, uint32_t reg, uint32_t op, const void *data, size_t len) {
+  struct expr e = expr_begin(m, "cmp");
+  attr_u32(m, NFTA_CMP_SREG, reg);
+  attr_u32(m, NFTA_CMP_OP, op);
+  size_t d = nest(m, NFTA_CMP_DATA);
+  attr(m, NFTA_DATA_VALUE, data, len);
+  nest_end(m, d);
+  expr_end(m, e);
+}
+static void cmp_u8(struct msg *m, uint32_t reg, uint8_t value) { cmp(m, reg, NFT_CMP_EQ, &value, 1); }
+static void payload(struct msg *m, uint32_t base, uint32_t offset, uint32_t len, uint32_t reg) {
+  struct expr e = expr_begin(m, "payload");
+  attr_u32(m, NFTA_PAYLOAD_DREG, reg);
+  attr_u32(m, NFTA_PAYLOAD_BASE, base);
+  attr_u32(m, NFTA_PAYLOAD_OFFSET, offset);
+  attr_u32(m, NFTA_PAYLOAD_LEN, len);
+  expr_end(m, e);
+}
+static void accept_verdict(struct msg *m) {
+  struct expr e = expr_begin(m, "immediate");
+  attr_u32(m, NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+  size_t d = nest(m, NFTA_IMMEDIATE_DATA);
+  size_t v = nest(m, NFTA_DATA_VERDICT);
+  attr_u32(m, NFTA_VERDICT_CODE, NF_ACCEPT);
+  nest_end(m, v);
+  nest_end(m, d);
+  expr_end(m, e);
+}
+static void counter_expr(struct msg *m, uint16_t type) {
+  size_t c = nest(m, type);
+  attr_str(m, NFTA_EXPR_NAME, "counter");
+  size_t d = nest(m, NFTA_EXPR_DATA);
+  nest_end(m, d);
+  nest_end(m, c);
+}
+static void dynset_update(struct msg *m, const char *set, uint32_t set_id) {
+  struct expr e = expr_begin(m, "dynset");
+  attr_str(m, NFTA_DYNSET_SET_NAME, set);
+  attr_u32(m, NFTA_DYNSET_SET_ID, set_id);
+  attr_u32(m, NFTA_DYNSET_OP, NFT_DYNSET_OP_UPDATE);
+  attr_u32(m, NFTA_DYNSET_SREG_KEY, NFT_REG_1);
+  counter_expr(m, NFTA_DYNSET_EXPR);
+  expr_end(m, e);
+}
+static void reject(struct msg *m, uint32_t type, uint8_t code) {
+  struct expr e = expr_begin(m, "reject");
+  attr_u32(m, NFTA_REJECT_TYPE, type);
+  attr(m, NFTA_REJECT_ICMP_CODE, &code, 1);
+  expr_end(m, e);
+}
+
+/* ---- the ruleset ---- */
+
+static size_t rule_begin(struct msg *m, uint32_t seq, size_t *exprs) {
+  size_t r = begin(m, NFT(NFT_MSG_NEWRULE), NLM_F_CREATE | NLM_F_APPEND, NFPROTO_INET, 0, seq);
+  attr_str(m, NFTA_RULE_TABLE, TABLE);
+  attr_str(m, NFTA_RULE_CHAIN, "output");
+  *exprs = nest(m, NFTA_RULE_EXPRESSIONS);
+  return r;
+}
+static void rule_end(struct msg *m, size_t r, size_t exprs) {
+  nest_end(m, exprs);
+  end(m, r);
+}
+
+static void add_set(struct msg *m, uint32_t seq, const char *name, uint32_t id, uint32_t key_len) {
+  size_t s = begin(m, NFT(NFT_MSG_NEWSET), NLM_F_CREATE, NFPROTO_INET, 0, seq);
+  attr_str(m, NFTA_SET_TABLE, TABLE);
+  attr_str(m, NFTA_SET_NAME, name);
+  attr_u32(m, NFTA_SET_FLAGS, NFT_SET_EVAL);
+  attr_u32(m, NFTA_SET_KEY_TYPE, 0);
+  attr_u32(m, NFTA_SET_KEY_LEN, key_len);
+  attr_u32(m, NFTA_SET_ID, id);
+  size_t d = nest(m, NFTA_SET_DESC);
+  attr_u32(m, NFTA_SET_DESC_SIZE, 65535);
+  nest_end(m, d);
+  counter_expr(m, NFTA_SET_EXPR);
+  end(m, s);
+}
+
+/* Loopback destinations pass untouched. */
+static void accept_loopback(struct msg *m, uint32_t seq, int v6) {
+  size_t exprs, r = rule_begin(m, seq, &exprs);
+  meta(m, NFT_META_NFPROTO, NFT_REG_1);
+  cmp_u8(m, NFT_REG_1, v6 ? NFPROTO_IPV6 : NFPROTO_IPV4);
+  if (v6) {
+    struct in6_addr one = IN6ADDR_LOOPBACK_INIT;
+    payload(m, NFT_PAYLOAD_NETWORK_HEADER, 24, 16, NFT_REG_1);
+    cmp(m, NFT_REG_1, NFT_CMP_EQ, &one, 16);
+  } else {
+    payload(m, NFT_PAYLOAD_NETWORK_HEADER, 16, 1, NFT_REG_1);
+    cmp_u8(m, NFT_REG_1, 127);
+  }
+  accept_verdict(m);
+  rule_end(m, r, exprs);
+}
+
+/* Count destination . protocol . port, then reject. */
+static void count_and_reject(struct msg *m, uint32_t seq, int v6, uint8_t proto) {
+  size_t exprs, r = rule_begin(m, seq, &exprs);
+  meta(m, NFT_META_L4PROTO, NFT_REG_1);
+  cmp_u8(m, NFT_REG_1, proto);
+  meta(m, NFT_META_NFPROTO, NFT_REG_1);
+  cmp_u8(m, NFT_REG_1, v6 ? NFPROTO_IPV6 : NFPROTO_IPV4);
+  /* The key is built in consecutive 32-bit registers from NFT_REG_1 on. */
+  if (v6) {
+    payload(m, NFT_PAYLOAD_NETWORK_HEADER, 24, 16, NFT_REG32_00);
+    meta(m, NFT_META_L4PROTO, NFT_REG32_00 + 4);
+    payload(m, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, NFT_REG32_00 + 5);
+  } else {
+    payload(m, NFT_PAYLOAD_NETWORK_HEADER, 16, 4, NFT_REG32_00);
+    meta(m, NFT_META_L4PROTO, NFT_REG32_00 + 1);
+    payload(m, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, NFT_REG32_00 + 2);
+  }
+  dynset_update(m, v6 ? "out6" : "out4", v6 ? 2 : 1);
+  if (proto == IPPROTO_TCP) reject(m, NFT_REJECT_TCP_RST, 0);
+  else reject(m, NFT_REJECT_ICMPX_UNREACH, NFT_REJECT_ICMPX_PORT_UNREACH);
+  rule_end(m, r, exprs);
+}
+
+/* Anything else leaving (ICMP, SCTP, ...): rejected, not counted. */
+static void reject_rest(struct msg *m, uint32_t seq) {
+  size_t exprs, r = rule_begin(m, seq, &exprs);
+  reject(m, NFT_REJECT_ICMPX_UNREACH, NFT_REJECT_ICMPX_ADMIN_PROHIBITED);
+  rule_end(m, r, exprs);
+}
+
+static int build_ruleset(struct msg *m) {
+  uint32_t seq = (uint32_t)time(NULL);
+  size_t b = begin(m, NFNL_MSG_BATCH_BEGIN, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, seq++);
+  end(m, b);
+  size_t t = begin(m, NFT(NFT_MSG_NEWTABLE), NLM_F_CREATE, NFPROTO_INET, 0, seq++);
+  attr_str(m, NFTA_TABLE_NAME, TABLE);
+  end(m, t);
+  add_set(m, seq++, "out4", 1, 12); /* ipv4 . proto . port, each padded to 4 bytes */
+  add_set(m, seq++, "out6", 2, 24);
+  size_t c = begin(m, NFT(NFT_MSG_NEWCHAIN), NLM_F_CREATE, NFPROTO_INET, 0, seq++);
+  attr_str(m, NFTA_CHAIN_TABLE, TABLE);
+  attr_str(m, NFTA_CHAIN_NAME, "output");
+  size_t h = nest(m, NFTA_CHAIN_HOOK);
+  attr_u32(m, NFTA_HOOK_HOOKNUM, NF_INET_LOCAL_OUT);
+  attr_u32(m, NFTA_HOOK_PRIORITY, 0);
+  nest_end(m, h);
+  attr_u32(m, NFTA_CHAIN_POLICY, NF_ACCEPT);
+  attr_str(m, NFTA_CHAIN_TYPE, "filter");
+  end(m, c);
+  accept_loopback(m, seq++, 0);
+  accept_loopback(m, seq++, 1);
+  count_and_reject(m, seq++, 0, IPPROTO_TCP);
+  count_and_reject(m, seq++, 1, IPPROTO_TCP);
+  count_and_reject(m, seq++, 0, IPPROTO_UDP);
+  count_and_reject(m, seq++, 1, IPPROTO_UDP);
+  reject_rest(m, seq++);
+  size_t e = begin(m, NFNL_MSG_BATCH_END, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, seq++);
+  end(m, e);
+  return m->overflow ? -1 : 0;
+}
+
+static int netfilter_socket(void) {
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+  if (fd < 0) return -1;
+  struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* The first error the kernel reported for the batch, 0 if none. */
+static int batch_errors(int fd) {
+  char buf[BUF_SIZE];
+  for (;;) {
+    ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : errno;
+    for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        int err = -((struct nlmsgerr *)NLMSG_DATA(h))->error;
+        if (err) return err;
+      }
+    }
+  }
+}
+
+static int write_sysctl(const char *path, const char *value) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  int err = write(fd, value, strlen(value)) < 0 ? errno : 0;
+  close(fd);
+  return err;
+}
+
+static int default_routes_via_lo(void) {
+  int s4 = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s4 < 0) return errno;
+  struct rtentry rt;
+  memset(&rt, 0, sizeof rt);
+  ((struct sockaddr_in *)&rt.rt_dst)->sin_family = AF_INET;
+  ((struct sockaddr_in *)&rt.rt_genmask)->sin_family = AF_INET;
+  ((struct sockaddr_in *)&rt.rt_gateway)->sin_family = AF_INET;
+  rt.rt_flags = RTF_UP;
+  rt.rt_dev = "lo";
+  int err = ioctl(s4, SIOCADDRT, &rt) < 0 ? errno : 0;
+  close(s4);
+  if (err) return err;
+  /* IPv6 may be disabled: then there is nothing to route. */
+  int s6 = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s6 < 0) return 0;
+  struct in6_rtmsg rt6;
+  memset(&rt6, 0, sizeof rt6);
+  rt6.rtmsg_flags = RTF_UP;
+  rt6.rtmsg_metric = 1;
+  rt6.rtmsg_ifindex = 1; /* lo is always 1 in a new namespace */
+  err = ioctl(s6, SIOCADDRT, &rt6) < 0 ? errno : 0;
+  close(s6);
+  return err == ENETUNREACH || err == EAFNOSUPPORT ? 0 : err;
+}
+
+int attempts_setup(const char **why) {
+  char buf[BUF_SIZE];
+  struct msg m = {buf, 0, sizeof buf, 0};
+  *why = "nf_tables";
+  if (build_ruleset(&m) < 0) return ENOBUFS;
+  int fd = netfilter_socket();
+  if (fd < 0) return errno;
+  int err = send(fd, buf, m.len, 0) < 0 ? errno : batch_errors(fd);
+  close(fd);
+  if (err) return err;
+  *why = "route_localnet";
+  if ((err = write_sysctl("/proc/sys/net/ipv4/conf/lo/route_localnet", "1"))) return err;
+  if ((err = write_sysctl("/proc/sys/net/ipv4/conf/all/route_localnet", "1"))) return err;
+  *why = "default route";
+  return default_routes_via_lo();
+}
+
+/* ---- reading the counters back ---- */
+
+static struct nlattr *find(struct nlattr *first, size_t len, uint16_t type) {
+  for (struct nlattr *a = first; len >= NLA_HDRLEN && a->nla_len >= NLA_HDRLEN && a->nla_len <= len;) {
+    if ((a->nla_type & NLA_TYPE_MASK) == type) return a;
+    size_t step = NLA_ALIGN(a->nla_len);
+    if (step >= len) break;
+    len -= step;
+    a = (struct nlattr *)((char *)a + step);
+  }
+  return NULL;
+}
+#define NLA_PAYLOAD_OF(a) ((void *)((char *)(a) + NLA_HDRLEN))
+#define NLA_LEN_OF(a) ((size_t)(a)->nla_len - NLA_HDRLEN)
+
+static uint64_t be64(const void *p) {
+  const uint8_t *b = p;
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v = v << 8 | b[i];
+  return v;
+}
+
+/* One element: "<proto> <address> <port> <packets>\n". */
+static size_t format_element(struct nlattr *elem, int v6, char *out, size_t room) {
+  struct nlattr *key = find(NLA_PAYLOAD_OF(elem), NLA_LEN_OF(elem), NFTA_SET_ELEM_KEY);
+  if (!key) return 0;
+  struct nlattr *value = find(NLA_PAYLOAD_OF(key), NLA_LEN_OF(key), NFTA_DATA_VALUE);
+  if (!value || NLA_LEN_OF(value) < (size_t)(v6 ? 24 : 12)) return 0;
+  const uint8_t *k = NLA_PAYLOAD_OF(value);
+  uint64_t packets = 0;
+  struct nlattr *expr = find(NLA_PAYLOAD_OF(elem), NLA_LEN_OF(elem), NFTA_SET_ELEM_EXPR);
+  if (!expr) { /* newer kernels may list expressions */
+    struct nlattr *list = find(NLA_PAYLOAD_OF(elem), NLA_LEN_OF(elem), NFTA_SET_ELEM_EXPRESSIONS);
+    if (list) expr = find(NLA_PAYLOAD_OF(list), NLA_LEN_OF(list), NFTA_LIST_ELEM);
+  }
+  if (expr) {
+    struct nlattr *data = find(NLA_PAYLOAD_OF(expr), NLA_LEN_OF(expr), NFTA_EXPR_DATA);
+    struct nlattr *pk = data ? find(NLA_PAYLOAD_OF(data), NLA_LEN_OF(data), NFTA_COUNTER_PACKETS) : NULL;
+    if (pk && NLA_LEN_OF(pk) >= 8) packets = be64(NLA_PAYLOAD_OF(pk));
+  }
+  char address[INET6_ADDRSTRLEN];
+  inet_ntop(v6 ? AF_INET6 : AF_INET, k, address, sizeof address);
+  uint8_t proto = k[v6 ? 16 : 4];
+  uint16_t port = (uint16_t)(k[v6 ? 20 : 8] << 8 | k[v6 ? 21 : 9]);
+  int n = snprintf(out, room, "%s %s %u %llu\n", proto == IPPROTO_TCP ? "tcp" : proto == IPPROTO_UDP ? "udp" : "ip",
+                   address, port, (unsigned long long)packets);
+  return n > 0 && (size_t)n < room ? (size_t)n : 0;
+}
+
+static size_t dump_set(int fd, const char *set, int v6, char *out, size_t room) {
+  char buf[BUF_SIZE];
+  struct msg m = {buf, 0, sizeof buf, 0};
+  size_t h = begin(&m, NFT(NFT_MSG_GETSETELEM), NLM_F_DUMP, NFPROTO_INET, 0, (uint32_t)time(NULL));
+  attr_str(&m, NFTA_SET_ELEM_LIST_TABLE, TABLE);
+  attr_str(&m, NFTA_SET_ELEM_LIST_SET, set);
+  end(&m, h);
+  if (send(fd, buf, m.len, 0) < 0) return 0;
+  size_t used = 0;
+  for (;;) {
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) return used;
+    for (struct nlmsghdr *nh = (struct nlmsghdr *)buf; NLMSG_OK(nh, (size_t)n); nh = NLMSG_NEXT(nh, n)) {
+      if (nh->nlmsg_type == NLMSG_DONE || nh->nlmsg_type == NLMSG_ERROR) return used;
+      struct nlattr *attrs = (struct nlattr *)((char *)NLMSG_DATA(nh) + NLMSG_ALIGN(sizeof(struct nfgenmsg)));
+      size_t len = nh->nlmsg_len - NLMSG_LENGTH(sizeof(struct nfgenmsg));
+      struct nlattr *list = find(attrs, len, NFTA_SET_ELEM_LIST_ELEMENTS);
+      if (!list) continue;
+      size_t left = NLA_LEN_OF(list);
+      for (struct nlattr *e = NLA_PAYLOAD_OF(list); left >= NLA_HDRLEN && e->nla_len >= NLA_HDRLEN && e->nla_len <= left;) {
+        used += format_element(e, v6, out + used, room - used);
+        size_t step = NLA_ALIGN(e->nla_len);
+        if (step >= left) break;
+        left -= step;
+        e = (struct nlattr *)((char *)e + step);
+      }
+    }
+  }
+}
+
+size_t attempts_dump(char *out, size_t room) {
+  int fd = netfilter_socket();
+  if (fd < 0) return 0;
+  size_t used = dump_set(fd, "out4", 0, out, room);
+  used += dump_set(fd, "out6", 1, out + used, room - used);
+  close(fd);
+  return used;
+}
