@@ -105,6 +105,7 @@ export function unsupportedMessage(result: ProbeResult): string {
   return (
     `vitest-environment-netns: cannot run netns test files on this machine: ${cause}\n` +
     `  Fix: ${fix}\n` +
-    `  Or set netns({ onUnsupported: 'skip' }) to report netns files as skipped.`
+    `  Or set netns({ onUnsupported: 'skip' }) to report netns files as skipped.\n` +
+    `  Run 'npx vitest-netns doctor' for a full report.`
   )
 }

@@ -1,0 +1,203 @@
+// `vitest-netns doctor`: checks every requirement by trying it, and prints
+// the exact fix for this system for each problem.
+import { constants, existsSync, openSync, closeSync, readFileSync } from 'node:fs'
+import { resolveOptions } from './config.js'
+import { explainProbeFailure } from './diagnostics.js'
+import { findTool, nativeLauncherPath, planLauncher, probe, LauncherUnavailableError, type ProbeResult } from './launcher.js'
+
+export type Status = 'ok' | 'missing' | 'blocked' | 'not reached' | 'info'
+
+export interface Check {
+  feature: string
+  status: Status
+  detail: string
+  fix?: string
+}
+
+export interface DoctorReport {
+  /** Whether netns test files can run here. */
+  ok: boolean
+  distro: string
+  mode: 'root' | 'rootless'
+  checks: Check[]
+}
+
+type Distro = 'debian' | 'fedora' | 'arch' | 'alpine' | 'unknown'
+
+function detectDistro(): { family: Distro; name: string } {
+  const release = (() => {
+    try {
+      return readFileSync('/etc/os-release', 'utf8')
+    } catch {
+      return ''
+    }
+  })()
+  const field = (key: string) => new RegExp(`^${key}="?([^"\\n]*)"?`, 'm').exec(release)?.[1] ?? ''
+  const ids = `${field('ID')} ${field('ID_LIKE')}`
+  const name = field('PRETTY_NAME') || 'unknown Linux'
+  if (/\b(debian|ubuntu)\b/.test(ids)) return { family: 'debian', name }
+  if (/\b(fedora|rhel|centos)\b/.test(ids)) return { family: 'fedora', name }
+  if (/\barch\b/.test(ids)) return { family: 'arch', name }
+  if (/\balpine\b/.test(ids)) return { family: 'alpine', name }
+  return { family: 'unknown', name }
+}
+
+const PACKAGES: Record<string, Record<Distro, string>> = {
+  compiler: { debian: 'gcc libc6-dev', fedora: 'gcc glibc-static', arch: 'gcc', alpine: 'build-base', unknown: 'a C compiler' },
+  tools: { debian: 'util-linux iproute2', fedora: 'util-linux iproute', arch: 'util-linux iproute2', alpine: 'util-linux iproute2', unknown: 'util-linux and iproute2' },
+  nft: { debian: 'nftables', fedora: 'nftables', arch: 'nftables', alpine: 'nftables', unknown: 'nftables' },
+  pasta: { debian: 'passt', fedora: 'passt', arch: 'passt', alpine: 'passt', unknown: 'passt (pasta)' },
+}
+
+function install(distro: Distro, what: keyof typeof PACKAGES): string {
+  const pkgs = PACKAGES[what]![distro]
+  switch (distro) {
+    case 'debian': return `sudo apt-get install ${pkgs}`
+    case 'fedora': return `sudo dnf install ${pkgs}`
+    case 'arch': return `sudo pacman -S ${pkgs}`
+    case 'alpine': return `sudo apk add ${pkgs}`
+    default: return `install ${pkgs} with your package manager`
+  }
+}
+
+function readValue(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8').trim()
+  } catch {
+    return undefined
+  }
+}
+
+// Setup steps of the launcher, in order, as the probe names them.
+const STEPS: Array<{ feature: string; steps: string[] }> = [
+  { feature: 'user, net, mount, pid namespaces', steps: ['start', 'unshare'] },
+  { feature: 'uid/gid maps', steps: ['setgroups', 'uid_map', 'gid_map'] },
+  { feature: 'loopback up', steps: ['loopback'] },
+  { feature: 'mounts (private /tmp, /etc files)', steps: ['mount', 'etc', 'tmp', 'keep'] },
+  { feature: 'process chain, dropping privileges', steps: ['fork', 'capabilities', 'exec'] },
+]
+
+function setupChecks(result: ProbeResult): Check[] {
+  if (result.ok) return STEPS.map(({ feature }) => ({ feature, status: 'ok', detail: 'tried: works' }))
+  const failedAt = STEPS.findIndex(({ steps }) => steps.includes(result.step ?? 'unshare'))
+  const at = failedAt < 0 ? 0 : failedAt
+  const { cause, fix } = explainProbeFailure(result)
+  return STEPS.map(({ feature }, index): Check =>
+    index < at
+      ? { feature, status: 'ok', detail: 'tried: works' }
+      : index === at
+        ? { feature, status: 'blocked', detail: cause, fix }
+        : { feature, status: 'not reached', detail: 'not tried: an earlier step failed' },
+  )
+}
+
+function canOpen(path: string): boolean {
+  try {
+    closeSync(openSync(path, constants.O_RDWR))
+    return true
+  } catch {
+    return false
+  }
+}
+
+export async function runDoctor(): Promise<DoctorReport> {
+  const { family, name } = detectDistro()
+  const root = process.getuid?.() === 0
+  const checks: Check[] = []
+
+  const missingNs = ['user', 'net', 'mnt', 'pid'].filter((ns) => !existsSync(`/proc/self/ns/${ns}`))
+  checks.push(
+    missingNs.length
+      ? { feature: 'kernel namespaces', status: 'missing', detail: `no ${missingNs.join(', ')} namespaces in this kernel`, fix: 'use a kernel with CONFIG_USER_NS, CONFIG_NET_NS, CONFIG_PID_NS (all mainstream distribution kernels; WSL2, not WSL1)' }
+      : { feature: 'kernel namespaces', status: 'ok', detail: 'user, net, mnt, pid' },
+  )
+  const maxNs = readValue('/proc/sys/user/max_user_namespaces')
+  checks.push(
+    maxNs === '0'
+      ? { feature: 'user.max_user_namespaces', status: 'blocked', detail: '0: user namespaces disabled', fix: "sudo sysctl -w user.max_user_namespaces=15000  (persist: echo 'user.max_user_namespaces=15000' | sudo tee /etc/sysctl.d/99-userns.conf)" }
+      : { feature: 'user.max_user_namespaces', status: 'ok', detail: maxNs ?? 'not present' },
+  )
+  const clone = readValue('/proc/sys/kernel/unprivileged_userns_clone')
+  if (clone !== undefined) {
+    checks.push(
+      clone === '0' && !root
+        ? { feature: 'kernel.unprivileged_userns_clone', status: 'blocked', detail: '0: only root may create user namespaces', fix: "sudo sysctl -w kernel.unprivileged_userns_clone=1  (persist in /etc/sysctl.d/99-userns.conf)" }
+        : { feature: 'kernel.unprivileged_userns_clone', status: 'ok', detail: clone },
+    )
+  }
+  const apparmor = readValue('/proc/sys/kernel/apparmor_restrict_unprivileged_userns')
+  if (apparmor !== undefined) {
+    checks.push({ feature: 'kernel.apparmor_restrict_unprivileged_userns', status: apparmor === '1' && !root ? 'info' : 'ok', detail: apparmor === '1' ? '1: namespaces get no capabilities unless a profile allows them (see the setup rows)' : apparmor })
+  }
+  const seccomp = /^Seccomp:\s*(\d)/m.exec(readValue('/proc/self/status') ?? '')?.[1]
+  checks.push({ feature: 'seccomp filter', status: seccomp === '2' ? 'info' : 'ok', detail: seccomp === '2' ? 'a filter is active (containers); the setup rows show whether it blocks namespaces' : 'none' })
+
+  const options = resolveOptions({})
+  let ok = false
+  let recording = 'off'
+  try {
+    const plan = planLauncher(options, [])
+    checks.push(
+      plan.kind === 'native'
+        ? { feature: 'launcher', status: 'ok', detail: `native: ${nativeLauncherPath}` }
+        : { feature: 'launcher', status: 'info', detail: 'shell fallback (unshare, ip, mount, setpriv): about 15-30 ms slower per file', fix: `${install(family, 'compiler')}; then npm rebuild vitest-environment-netns` },
+    )
+    const result = await probe(plan)
+    checks.push(...setupChecks(result))
+    ok = result.ok
+    recording = result.recording
+  } catch (error) {
+    if (!(error instanceof LauncherUnavailableError)) throw error
+    checks.push({ feature: 'launcher', status: 'missing', detail: error.message, fix: `${install(family, 'compiler')}; then npm rebuild vitest-environment-netns (or ${install(family, 'tools')})` })
+  }
+  checks.push(
+    recording === 'on'
+      ? { feature: 'outside attempts recorded (nf_tables)', status: 'ok', detail: 'counted and rejected in the kernel' }
+      : ok
+        ? { feature: 'outside attempts recorded (nf_tables)', status: 'missing', detail: recording, fix: 'load nf_tables and nft_reject_inet (sudo modprobe nft_reject_inet): a user namespace cannot load kernel modules' }
+        : { feature: 'outside attempts recorded (nf_tables)', status: 'not reached', detail: 'not tried: the sandbox cannot be set up' },
+  )
+
+  // What the per-test uplink needs (root: veth in the host namespace; rootless: a hub namespace reaching the host through pasta or slirp4netns).
+  const firewall = findTool('nft') ?? findTool('iptables')
+  checks.push(firewall ? { feature: 'uplink: nft or iptables', status: 'ok', detail: firewall } : { feature: 'uplink: nft or iptables', status: 'missing', detail: 'neither nft nor iptables on PATH', fix: install(family, 'nft') })
+  if (root) {
+    checks.push({ feature: 'uplink: mode', status: 'ok', detail: 'root: veth pairs straight into the host namespace' })
+  } else {
+    const helper = findTool('pasta') ?? findTool('slirp4netns')
+    checks.push(helper ? { feature: 'uplink: pasta or slirp4netns', status: 'ok', detail: helper } : { feature: 'uplink: pasta or slirp4netns', status: 'missing', detail: 'neither on PATH', fix: install(family, 'pasta') })
+    checks.push(
+      canOpen('/dev/net/tun')
+        ? { feature: 'uplink: /dev/net/tun', status: 'ok', detail: 'readable and writable' }
+        : { feature: 'uplink: /dev/net/tun', status: 'missing', detail: existsSync('/dev/net/tun') ? 'not accessible to this user (mode 0600?)' : 'absent', fix: existsSync('/dev/net/tun') ? 'sudo chmod 0666 /dev/net/tun (the usual mode on desktop distributions)' : 'sudo modprobe tun' },
+    )
+  }
+  return { ok, distro: name, mode: root ? 'root' : 'rootless', checks }
+}
+
+const MARK: Record<Status, string> = { ok: 'ok', missing: 'MISSING', blocked: 'BLOCKED', 'not reached': '-', info: 'note' }
+
+/** Ready-made fixes for common environments, shown when namespaces are blocked. */
+function environmentFixes(): string[] {
+  return [
+    'Ubuntu 23.10+/24.04 (AppArmor): /etc/apparmor.d/vitest-netns, then `sudo apparmor_parser -r /etc/apparmor.d/vitest-netns`:',
+    `    abi <abi/4.0>,\n    include <tunables/global>\n    profile vitest-netns ${process.execPath} flags=(unconfined) {\n      userns,\n    }`,
+    'Docker: docker run --security-opt seccomp=unconfined --security-opt apparmor=unconfined …',
+    'GitHub Actions (ubuntu-24.04), a step before the tests:',
+    '    - run: sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0',
+  ]
+}
+
+export function formatReport(report: DoctorReport): string {
+  const width = Math.max(...report.checks.map((c) => c.feature.length))
+  const lines = [`vitest-environment-netns doctor: ${report.distro}, ${report.mode} mode, node ${process.version}`, '']
+  for (const check of report.checks) lines.push(`  ${check.feature.padEnd(width)}  ${MARK[check.status].padEnd(7)}  ${check.detail}`)
+  const problems = report.checks.filter((c) => c.fix)
+  if (problems.length) {
+    lines.push('', 'Fixes:')
+    for (const c of problems) lines.push(`  ${c.feature}: ${c.fix}`)
+  }
+  if (!report.ok) lines.push('', ...environmentFixes())
+  lines.push('', report.ok ? 'netns test files can run here.' : 'netns test files cannot run here (see the fixes above).')
+  return lines.join('\n')
+}
