@@ -11,6 +11,7 @@ interface ErrorLike {
   cause?: unknown
   errors?: unknown
   message?: unknown
+  stack?: unknown
 }
 
 function reason(error: ErrorLike | undefined, depth = 0): string | undefined {
@@ -37,6 +38,9 @@ export const HINT =
 export function annotateNetworkError(error: ErrorLike): boolean {
   const why = reason(error)
   if (!why || typeof error.message !== 'string' || error.message.includes(HINT)) return false
+  const before = error.message
   error.message += `\n\n${HINT} (${why})`
+  // Some reporters (json, junit) print the stack, which starts with the message.
+  if (typeof error.stack === 'string') error.stack = error.stack.replace(before, error.message)
   return true
 }

@@ -2,7 +2,7 @@
 // setup done with syscalls) or, where it could not be built, a chain of
 // util-linux tools doing the same steps. Both take the same inputs and both
 // can be probed once up front, so a machine that cannot run them fails fast.
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { accessSync, constants, realpathSync } from 'node:fs'
 import { dirname, join, resolve, sep } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -92,7 +92,17 @@ exec unshare --user --map-user="$NETNS_UID" --map-group="$NETNS_GID" -- setpriv 
 
 export class LauncherUnavailableError extends Error {}
 
+/**
+ * Builds the launcher now if the install step did not (npm may skip
+ * dependencies' install scripts). Quiet: without a compiler the fallback is used.
+ */
+function buildLauncherIfMissing(): void {
+  if (isExecutable(nativeLauncherPath)) return
+  spawnSync(process.execPath, [join(packageRoot, 'scripts', 'build-launcher.mjs'), '--quiet'], { stdio: 'ignore' })
+}
+
 export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): LaunchPlan {
+  if (options.launcher !== 'shell') buildLauncherIfMissing()
   const useNative = options.launcher === 'native' || (options.launcher === 'auto' && isExecutable(nativeLauncherPath))
   if (useNative) {
     if (!isExecutable(nativeLauncherPath)) {
