@@ -1,8 +1,14 @@
 // The Vitest environment `netns`. Vitest finds it by name (package
 // vitest-environment-netns). The sandbox itself is made by the netns pool
 // before this code runs; the environment checks that it really runs inside it.
-import type { Environment } from 'vitest/environments'
 import { sandboxFromEnv } from './sandbox.js'
+
+/** The shape Vitest expects of an environment (its own type moved between Vitest 4 and 5). */
+export interface NetnsEnvironment {
+  name: 'netns'
+  viteEnvironment: 'ssr'
+  setup(): { teardown(): void }
+}
 
 export const MISSING_PLUGIN =
   "vitest-environment-netns: this file asks for the 'netns' environment, but the netns plugin is not enabled, so it would run " +
@@ -10,7 +16,7 @@ export const MISSING_PLUGIN =
   "  import { netns } from 'vitest-environment-netns/plugin'\n" +
   '  export default defineConfig({ plugins: [netns()], test: { /* ... */ } })\n'
 
-export const environment: Environment = {
+export const environment: NetnsEnvironment = {
   name: 'netns',
   viteEnvironment: 'ssr',
   setup() {
