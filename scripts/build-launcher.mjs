@@ -29,6 +29,6 @@ for (const extra of [['-static'], []]) {
 }
 console.warn(
   `vitest-environment-netns: could not build the native launcher with '${compiler}'. ` +
-    'Workers will start through util-linux tools instead (about 15-30 ms slower per test file). ' +
+    'Workers will start through util-linux tools instead: much slower (about ten process starts per test file), and no attempt recording. ' +
     'Install a C compiler (Debian/Ubuntu: apt-get install gcc libc6-dev) and reinstall to get the fast path.',
 )

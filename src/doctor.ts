@@ -43,7 +43,7 @@ function detectDistro(): { family: Distro; name: string } {
 }
 
 const PACKAGES: Record<string, Record<Distro, string>> = {
-  compiler: { debian: 'gcc libc6-dev', fedora: 'gcc glibc-static', arch: 'gcc', alpine: 'build-base', unknown: 'a C compiler' },
+  compiler: { debian: 'gcc libc6-dev', fedora: 'gcc glibc-static', arch: 'gcc', alpine: 'build-base linux-headers', unknown: 'a C compiler and the Linux headers' },
   tools: { debian: 'util-linux iproute2', fedora: 'util-linux iproute', arch: 'util-linux iproute2', alpine: 'util-linux iproute2', unknown: 'util-linux and iproute2' },
   nft: { debian: 'nftables', fedora: 'nftables', arch: 'nftables', alpine: 'nftables', unknown: 'nftables' },
   pasta: { debian: 'passt', fedora: 'passt', arch: 'passt', alpine: 'passt', unknown: 'passt (pasta)' },
@@ -140,7 +140,7 @@ export async function runDoctor(): Promise<DoctorReport> {
     checks.push(
       plan.kind === 'native'
         ? { feature: 'launcher', status: 'ok', detail: `native: ${nativeLauncherPath}` }
-        : { feature: 'launcher', status: 'info', detail: 'shell fallback (unshare, ip, mount, setpriv): about 15-30 ms slower per file', fix: `${install(family, 'compiler')}; then npm rebuild vitest-environment-netns` },
+        : { feature: 'launcher', status: 'info', detail: 'shell fallback (unshare, ip, mount, setpriv): much slower per file, no attempt recording', fix: `${install(family, 'compiler')}; then npm rebuild vitest-environment-netns` },
     )
     const result = await probe(plan)
     checks.push(...setupChecks(result))
@@ -158,18 +158,21 @@ export async function runDoctor(): Promise<DoctorReport> {
         : { feature: 'outside attempts recorded (nf_tables)', status: 'not reached', detail: 'not tried: the sandbox cannot be set up' },
   )
 
-  // What the per-test uplink needs (root: veth in the host namespace; rootless: a hub namespace reaching the host through pasta or slirp4netns).
+  // What the per-test uplink fixture will need (root: veth in the host namespace; rootless: a hub
+  // namespace reaching the host through pasta or slirp4netns). Not built yet, so never more than a note.
+  const uplink = (what: string, found: boolean, detail: string, fix: string): Check =>
+    found ? { feature: `uplink (planned): ${what}`, status: 'ok', detail } : { feature: `uplink (planned): ${what}`, status: 'info', detail, fix }
   const firewall = findTool('nft') ?? findTool('iptables')
-  checks.push(firewall ? { feature: 'uplink: nft or iptables', status: 'ok', detail: firewall } : { feature: 'uplink: nft or iptables', status: 'missing', detail: 'neither nft nor iptables on PATH', fix: install(family, 'nft') })
+  checks.push(uplink('nft or iptables', !!firewall, firewall ?? 'neither nft nor iptables on PATH', install(family, 'nft')))
   if (root) {
-    checks.push({ feature: 'uplink: mode', status: 'ok', detail: 'root: veth pairs straight into the host namespace' })
+    checks.push({ feature: 'uplink (planned): mode', status: 'ok', detail: 'root: veth pairs straight into the host namespace' })
   } else {
     const helper = findTool('pasta') ?? findTool('slirp4netns')
-    checks.push(helper ? { feature: 'uplink: pasta or slirp4netns', status: 'ok', detail: helper } : { feature: 'uplink: pasta or slirp4netns', status: 'missing', detail: 'neither on PATH', fix: install(family, 'pasta') })
+    checks.push(uplink('pasta or slirp4netns', !!helper, helper ?? 'neither on PATH', install(family, 'pasta')))
+    const tun = existsSync('/dev/net/tun')
     checks.push(
-      canOpen('/dev/net/tun')
-        ? { feature: 'uplink: /dev/net/tun', status: 'ok', detail: 'readable and writable' }
-        : { feature: 'uplink: /dev/net/tun', status: 'missing', detail: existsSync('/dev/net/tun') ? 'not accessible to this user (mode 0600?)' : 'absent', fix: existsSync('/dev/net/tun') ? 'sudo chmod 0666 /dev/net/tun (the usual mode on desktop distributions)' : 'sudo modprobe tun' },
+      uplink('/dev/net/tun', canOpen('/dev/net/tun'), canOpen('/dev/net/tun') ? 'readable and writable' : tun ? 'not accessible to this user (mode 0600?)' : 'absent',
+        tun ? 'sudo chmod 0666 /dev/net/tun (the usual mode on desktop distributions)' : 'sudo modprobe tun'),
     )
   }
   return { ok, distro: name, mode: root ? 'root' : 'rootless', checks }

@@ -66,6 +66,8 @@ export function nodePrefix(execPath = process.execPath): string {
 // Same steps as native/netns-launch.c, as a shell script run by unshare.
 // mount(8) insists on uid 0, so the outer user namespace maps us to root and a
 // nested one maps back to the real uid just before the program starts.
+// Differences: about ten process starts instead of one (hundreds of ms on
+// small VMs), no attempt recording, and the program is pid 1 of its namespace.
 const SHELL_SETUP = String.raw`set -e
 ip link set lo up
 mount --make-rslave /
@@ -136,11 +138,13 @@ export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): Lau
     throw new LauncherUnavailableError(`the shell launcher cannot keep paths with spaces under /tmp (${keep.join(', ')}); build the native launcher.`)
   }
   const env = `NETNS_UID=${uid} NETNS_GID=${gid} NETNS_TMP_OPTS='${tmpOpts}' NETNS_KEEP='${keepRel.join(' ')}'`
+  // setpriv ties unshare to Vitest (pdeathsig survives the exec); --kill-child ties the sandbox to unshare.
   return {
     kind: 'shell',
-    file: findTool('unshare')!,
+    file: findTool('setpriv')!,
     prefix: [
-      '--user', '--map-root-user', '--net', '--mount', '--pid', '--fork', '--kill-child',
+      '--pdeathsig', 'KILL', '--', findTool('unshare')!,
+      '--user', '--map-root-user', '--net', '--mount', '--pid', '--fork', '--kill-child', '--mount-proc',
       '--', 'sh', '-c', `${env}; export NETNS_UID NETNS_GID NETNS_TMP_OPTS NETNS_KEEP\n${SHELL_SETUP}`, 'netns-launch',
     ],
   }
