@@ -66,8 +66,8 @@ export function explainProbeFailure(result: ProbeResult): Explanation {
         cause: `a seccomp filter refuses unshare()${container ? ` (${container}'s default profile does this)` : ''}.`,
         fix:
           container === 'Podman'
-            ? "run the container with '--security-opt seccomp=unconfined' (or a profile that allows unshare and mount), or use 'onUnsupported: \"skip\"'."
-            : "run the container with '--security-opt seccomp=unconfined --security-opt apparmor=unconfined' (or a seccomp profile that allows unshare, mount and setns), or use 'onUnsupported: \"skip\"'.",
+            ? "run the container with '--security-opt seccomp=unconfined' (or a profile that allows unshare and mount),."
+            : "run the container with '--security-opt seccomp=unconfined --security-opt apparmor=unconfined' (or a seccomp profile that allows unshare, mount and setns),.",
       }
     }
   }
@@ -91,7 +91,7 @@ export function explainProbeFailure(result: ProbeResult): Explanation {
   if (container && (result.step === 'mount' || result.step === 'tmp' || result.step === 'etc')) {
     return {
       cause: `mounting inside the namespace is refused (${result.output}); ${container} restricts mounts in nested namespaces.`,
-      fix: "run the container with '--security-opt apparmor=unconfined --security-opt seccomp=unconfined', or use 'onUnsupported: \"skip\"'.",
+      fix: "run the container with '--security-opt apparmor=unconfined --security-opt seccomp=unconfined',.",
     }
   }
   return {

@@ -2,7 +2,7 @@
 // strict mode, keepTmp, the start line, and in-process mocks.
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
-import { afterAll, describe, expect, test } from 'vitest'
+import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { HINT } from '../src/hints'
 import { failures, outDir, runFixture, type RunResult } from './helpers'
 
@@ -57,7 +57,8 @@ describe('attempts to reach the outside are recorded in the kernel', () => {
 })
 
 describe('keepTmp', () => {
-  const base = mkdtempSync(join(outDir, 'kept-'))
+  let base = ''
+  beforeAll(() => void (base = mkdtempSync(join(outDir, 'kept-'))))
   afterAll(() => rmSync(base, { recursive: true, force: true }))
 
   function keptFiles(dir: string): string[] {

@@ -41,8 +41,13 @@ export interface RunOptions {
   /** Program (and args) to wrap the Vitest process in, e.g. a seccomp filter. */
   wrapper?: string[]
   timeoutMs?: number
-  /** Called with the child process once started (to kill it, say). */
-  onSpawn?: (child: ReturnType<typeof spawn>) => void
+  /** Node binary to run Vitest with (default: the one running this test). */
+  node?: string
+  /**
+   * Called with the child process once started (to kill it, say), and the
+   * directory its records go to (NETNS_RECORD_DIR, unique to this run).
+   */
+  onSpawn?: (child: ReturnType<typeof spawn>, run: { recordDir: string }) => void
 }
 
 /** `vitest run` in fixtures/<name> (or an absolute root), JSON report included. */
@@ -53,7 +58,7 @@ export async function runFixture(name: string, options: RunOptions = {}): Promis
   const root = name.startsWith('/') ? name : join(fixturesDir, name)
   const command = [
     ...(options.wrapper ?? []),
-    process.execPath,
+    options.node ?? process.execPath,
     vitestCli,
     'run',
     '--root',
@@ -69,7 +74,7 @@ export async function runFixture(name: string, options: RunOptions = {}): Promis
     env: { ...process.env, NETNS_RECORD_DIR: recordDir, FORCE_COLOR: '0', NO_COLOR: '1', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
-  options.onSpawn?.(child)
+  options.onSpawn?.(child, { recordDir })
   let stdout = ''
   let stderr = ''
   child.stdout.on('data', (d: Buffer) => (stdout += d))
