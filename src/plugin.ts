@@ -4,18 +4,16 @@
 // netns pool and prints one line saying what runs where.
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import type { Plugin } from 'vite'
 import type { TestProject, TestSpecification, Vitest } from 'vitest/node'
 import { resolveOptions, type NetnsOptions, type ResolvedNetnsOptions } from './config.js'
 import { unsupportedMessage } from './diagnostics.js'
 import { pruneRuns } from './keep-tmp.js'
-import { LauncherUnavailableError, nodePrefix, packageRoot, pathsToKeep, planLauncher, probe, type LaunchPlan, type ProbeResult } from './launcher.js'
+import { findTool, LauncherUnavailableError, nodePrefix, packageRoot, pathsToKeep, planLauncher, probe, type LaunchPlan, type ProbeResult } from './launcher.js'
 import { createNetnsPool, ENVIRONMENT_NAME, POOL_NAME, type ProjectPlan } from './pool.js'
 
 export type { NetnsOptions } from './config.js'
 
-const workerSetupFile = fileURLToPath(new URL('./worker-setup.js', import.meta.url))
 const KEPT_RUNS = 5
 
 // One probe per launcher command and Vitest process: projects and watch-mode restarts share it.
@@ -50,7 +48,6 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
     VITEST_NETNS_KEEP_TMP_DIR: join(keepTmpBase, runId),
   }
   if (options.keepTmp !== 'never') pruneRuns(keepTmpBase, KEPT_RUNS - 1)
-  config.setupFiles = [...config.setupFiles, workerSetupFile]
 
   let failure: string
   try {
@@ -61,7 +58,7 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
       const recording = launch.kind === 'shell' ? 'not recorded (shell launcher)' : result.recording === 'on' ? 'recorded' : options.recordAttempts ? `not recorded (${result.recording})` : 'not recorded'
       return {
         plan: { launch, userPool, userPoolRunner, workerEnv },
-        summary: `${mode} mode, ${launch.kind} launcher, outside attempts ${recording}`,
+        summary: `${mode} mode, ${launch.kind} launcher, outside attempts ${recording}, uplink mechanism: ${uplinkMechanism(mode)}`,
       }
     }
     failure = unsupportedMessage(result)
@@ -75,6 +72,13 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
     plan: { skipReason: failure.split('\n')[0], userPool, userPoolRunner, workerEnv },
     summary: 'unsupported here: netns files are skipped',
   }
+}
+
+/** What a per-test uplink would go through here (the uplink fixture itself is not built yet). */
+function uplinkMechanism(mode: 'root' | 'rootless'): string {
+  if (mode === 'root') return 'veth in the host namespace'
+  const helper = findTool('pasta') ? 'pasta' : findTool('slirp4netns') ? 'slirp4netns' : undefined
+  return helper ? `hub namespace + ${helper}` : 'none (install passt or slirp4netns)'
 }
 
 /** The environment a file will run in, as Vitest decides it: a docblock first, then the project's config. */

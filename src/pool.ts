@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { EventEmitter } from 'node:events'
 import { resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import {
   ForksPoolWorker,
   ThreadsPoolWorker,
@@ -20,6 +21,27 @@ import type { LaunchPlan } from './launcher.js'
 export const POOL_NAME = 'netns'
 export const ENVIRONMENT_NAME = 'netns'
 const SIGKILL_TIMEOUT = 500
+const workerSetupFile = fileURLToPath(new URL('./worker-setup.js', import.meta.url))
+
+type StartRequest = WorkerRequest & { type: 'start' }
+
+/**
+ * What a netns worker is told at start: Vitest's built-in `node` environment
+ * (the sandbox is already made by the launcher; loading this package as an
+ * environment would cost a module runner of its own, ~50 ms per file), and
+ * worker-setup.ts as one more setup file (hints, attempts, keepTmp, skip).
+ */
+function netnsStart(message: StartRequest): StartRequest {
+  const { context } = message
+  return {
+    ...message,
+    context: {
+      ...context,
+      environment: { ...context.environment, name: 'node' },
+      config: { ...context.config, setupFiles: [...context.config.setupFiles, workerSetupFile] },
+    },
+  }
+}
 
 /** What the plugin decided for one project when Vitest started. */
 export interface ProjectPlan {
@@ -41,7 +63,8 @@ export function createNetnsPool(plan: ProjectPlan): PoolRunnerInitializer {
     name: POOL_NAME,
     createPoolWorker(options: PoolOptions): PoolWorker {
       if (options.environment.name === ENVIRONMENT_NAME) {
-        return plan.launch ? new NetnsPoolWorker(options, plan, plan.launch) : new ForksPoolWorker(skipOptions(options, plan))
+        if (plan.launch) return new NetnsPoolWorker(options, plan, plan.launch)
+        return new DelegatingPoolWorker(new ForksPoolWorker(skipOptions(options, plan)), options.environment, netnsStart)
       }
       return new DelegatingPoolWorker(userWorker(options, plan), options.environment)
     },
@@ -79,13 +102,17 @@ class DelegatingPoolWorker implements PoolWorker {
   constructor(
     private readonly inner: PoolWorker,
     private readonly environment: PoolOptions['environment'],
+    private readonly rewriteStart: (message: StartRequest) => StartRequest = (message) => message,
   ) {}
   get cacheFs() { return this.inner.cacheFs }
   get reportMemory() { return this.inner.reportMemory }
   on(event: string, callback: (...args: any[]) => void) { this.inner.on(event, callback) }
   off(event: string, callback: (...args: any[]) => void) { this.inner.off(event, callback) }
   send(message: WorkerRequest) {
-    if (message.type === 'start') message = { ...message, context: { ...message.context, pool: this.inner.name } }
+    if (message.type === 'start') {
+      const start = this.rewriteStart(message)
+      message = { ...start, context: { ...start.context, pool: this.inner.name } }
+    }
     this.inner.send(message)
   }
   deserialize(data: unknown) { return this.inner.deserialize(data) }
@@ -164,7 +191,7 @@ export class NetnsPoolWorker implements PoolWorker {
   }
 
   send(message: WorkerRequest) {
-    if (message.type === 'start') this.startRequest = message
+    if (message.type === 'start') message = this.startRequest = netnsStart(message)
     if ((message.type === 'run' || message.type === 'collect') && message.context.files.length > 1) {
       void this.runEachFileAlone(message as Request)
       return
