@@ -1,10 +1,10 @@
 // `vitest-netns doctor`, run as users run it, on this machine and in really
 // blocked environments.
-import { execFileSync, spawnSync } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import { rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { outDir, repoRoot } from './helpers'
+import { buildDenyUserns, repoRoot } from './helpers'
 
 const cli = join(repoRoot, 'dist', 'cli.js')
 
@@ -40,10 +40,8 @@ describe('on this machine', () => {
 })
 
 describe('in blocked environments', () => {
-  const denyUserns = join(outDir, `doctor-deny-userns-${process.pid}`)
-  beforeAll(() => {
-    execFileSync('cc', ['-O2', '-o', denyUserns, join(repoRoot, 'test', 'helpers', 'deny-userns.c')])
-  })
+  let denyUserns = ''
+  beforeAll(() => void (denyUserns = buildDenyUserns('doctor')))
   afterAll(() => rmSync(denyUserns, { force: true }))
 
   test('a seccomp filter that refuses unshare (as Docker): blocked, with the docker fix, exit 1', () => {

@@ -1,11 +1,11 @@
 // Outside-in: what goes wrong before any test runs, and what the user is told.
 import { execFileSync, spawnSync } from 'node:child_process'
-import { mkdirSync, rmSync } from 'node:fs'
+import { rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { resolveOptions } from '../src/config'
 import { MISSING_PLUGIN } from '../src/index'
-import { failures, outDir, repoRoot, runFixture, type RunResult } from './helpers'
+import { buildDenyUserns, failures, repoRoot, runFixture, type RunResult } from './helpers'
 
 const output = (result: RunResult) => result.stdout + result.stderr
 
@@ -49,13 +49,12 @@ describe('bad plugin options fail when the config loads, naming the option', () 
 
 describe('namespaces cannot be created here', () => {
   // A seccomp filter like Docker's default profile: unshare and clone(CLONE_NEWUSER) get EPERM, clone3 ENOSYS.
-  const denyUserns = join(outDir, `deny-userns-${process.pid}`)
+  let denyUserns = ''
   // Cause and fix as src/diagnostics.ts words them under that filter on this machine (Docker, Podman or neither).
   let expected: { cause: string; fix: string }
 
   beforeAll(() => {
-    mkdirSync(outDir, { recursive: true })
-    execFileSync('cc', ['-O2', '-Wall', '-o', denyUserns, join(repoRoot, 'test', 'helpers', 'deny-userns.c')], { stdio: 'pipe' })
+    denyUserns = buildDenyUserns('errors')
     // The filter does what it should: new user namespaces refused, everything else (processes, threads) fine.
     expect(spawnSync(denyUserns, ['unshare', '--user', 'true']).status).not.toBe(0)
     expect(spawnSync('unshare', ['--user', 'true']).status).toBe(0)

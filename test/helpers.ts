@@ -1,5 +1,5 @@
 // Runs real Vitest on a fixture project and collects what its tests saw.
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, existsSync, mkdirSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 
@@ -104,4 +104,16 @@ export function failures(result: RunResult): string {
 
 export function ownNetNamespace(): string {
   return readlinkSync('/proc/self/ns/net')
+}
+
+/**
+ * Builds test/helpers/deny-userns.c into outDir: it runs a command under a
+ * seccomp filter that refuses new user namespaces, as Docker's default
+ * profile does. Returns its path; the caller removes it.
+ */
+export function buildDenyUserns(tag: string): string {
+  mkdirSync(outDir, { recursive: true })
+  const path = join(outDir, `deny-userns-${tag}-${process.pid}`)
+  execFileSync('cc', ['-O2', '-Wall', '-o', path, join(repoRoot, 'test', 'helpers', 'deny-userns.c')], { stdio: 'pipe' })
+  return path
 }
