@@ -25,6 +25,7 @@ function probeOnce(plan: LaunchPlan): Promise<ProbeResult> {
   return result
 }
 
+const ownDist = new RegExp(`^${join(packageRoot, 'dist').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/`)
 const runId = `${new Date().toISOString().replace(/[:.]/g, '-')}-${process.pid}`
 
 interface ProjectState {
@@ -119,6 +120,9 @@ export function netns(options?: NetnsOptions): Plugin {
   const resolved = resolveOptions(options)
   return {
     name: 'vitest-environment-netns',
+    // The worker setup file and its imports are plain ESM: Node loads them directly instead of
+    // Vite transforming them for every worker, as it would from node_modules (also when linked).
+    config: () => ({ test: { server: { deps: { external: [ownDist] } } } }) as never,
     async configureVitest({ project, vitest }: { project: TestProject; vitest: Vitest }) {
       const state = await planProject(project, resolved)
       projects.set(project, state)
