@@ -54,7 +54,7 @@ export function readAttempts(): Promise<Attempt[] | undefined> {
   return result
 }
 
-export function parseAttempts(text: string): Attempt[] {
+function parseAttempts(text: string): Attempt[] {
   return text
     .split('\n')
     .filter(Boolean)

@@ -18,9 +18,6 @@ export interface LaunchPlan {
   prefix: string[]
 }
 
-/** Exit status of a launcher that failed before the program started. */
-export const SETUP_FAILED = 125
-
 function isExecutable(path: string): boolean {
   try {
     accessSync(path, constants.X_OK)
