@@ -3,11 +3,13 @@
  * namespaces, with loopback up and a private /tmp, in a single process chain
  * and without spawning helper programs (each exec costs 10+ ms on small VMs).
  *
- *   netns-launch [--keep PATH]... [--tmp-size BYTES] [--noexec] [--record] [--probe] -- PROGRAM [ARG]...
+ *   netns-launch [--keep PATH]... [--tmp-size BYTES] [--noexec] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...
  *
  * --record counts and rejects traffic to outside addresses in the kernel
  * (attempts.c); the program can ask for the counts over the socket whose fd
- * is in VITEST_NETNS_FD ("attempts\n" -> lines, then "end\n").
+ * is in VITEST_NETNS_FD ("attempts\n" -> lines, then "end\n"), and so can
+ * the caller over --control-fd N, a socket it passed in (the program does
+ * not inherit that one).
  *
  * Process layout (why three processes):
  *   relay (the pid Vitest sees)  -- forwards signals, exits like the program
@@ -345,28 +347,33 @@ static void on_sigchld(int sig) {
   errno = saved;
 }
 
-/* Answers the program's questions about what it tried to reach. */
-static void serve_request(int ctl) {
+/* Answers a question about what the program tried to reach. Returns 0 once the asker is gone. */
+static int serve_request(int ctl) {
   char request[64];
   ssize_t n = read(ctl, request, sizeof request);
-  if (n <= 0) return;
+  if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) return 0;
+  if (n < 0) return 1;
   static char reply[60000];
   size_t len = attempts_dump(reply, sizeof reply - 8);
   memcpy(reply + len, "end\n", 4);
   len += 4;
   for (size_t off = 0; off < len;) {
     ssize_t w = write(ctl, reply + off, len - off);
-    if (w <= 0) return;
+    if (w <= 0) return 0;
     off += (size_t)w;
   }
+  return 1;
 }
 
 /* The process Vitest started: serves attempt queries, waits for init, exits as the program did. */
-static int run_relay(pid_t init, int status_fd, int alive_fd, int ctl) {
+static int run_relay(pid_t init, int status_fd, int alive_fd, int ctl, int control) {
   forward_to = init;
   install_forwarding();
-  int keep[] = {status_fd, alive_fd, ctl}; /* alive_fd open: init's "relay alive" check */
-  detach_fds(keep, ctl >= 0 ? 3 : 2);
+  int keep[4] = {status_fd, alive_fd}; /* alive_fd open: init's "relay alive" check */
+  int kept = 2;
+  if (ctl >= 0) keep[kept++] = ctl;
+  if (control >= 0) keep[kept++] = control;
+  detach_fds(keep, kept);
   if (pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK) < 0) _exit(SETUP_FAILED);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
@@ -378,14 +385,21 @@ static int run_relay(pid_t init, int status_fd, int alive_fd, int ctl) {
   for (;;) {
     pid_t done = waitpid(init, &raw, WNOHANG);
     if (done == init) break;
-    struct pollfd fds[2] = {{sigchld_pipe[0], POLLIN, 0}, {ctl, POLLIN, 0}};
-    if (poll(fds, ctl >= 0 ? 2 : 1, -1) < 0) continue;
+    /* A negative fd is ignored by poll: a closed channel simply drops out. */
+    struct pollfd fds[3] = {{sigchld_pipe[0], POLLIN, 0}, {ctl, POLLIN, 0}, {control, POLLIN, 0}};
+    if (poll(fds, 3, -1) < 0) continue;
     if (fds[0].revents) {
       char drain[64];
       while (read(sigchld_pipe[0], drain, sizeof drain) > 0) {}
     }
-    if (ctl >= 0 && fds[1].revents & POLLIN) serve_request(ctl);
-    if (ctl >= 0 && fds[1].revents & (POLLHUP | POLLERR)) ctl = -1; /* the program is gone */
+    for (int i = 1; i < 3; i++) {
+      int open = !(fds[i].revents & (POLLHUP | POLLERR));
+      if (fds[i].revents & POLLIN) open = serve_request(fds[i].fd);
+      if (!open) { /* the program (ctl) or the caller (control) is gone */
+        if (i == 1) ctl = -1;
+        else control = -1;
+      }
+    }
   }
   int status = 0;
   ssize_t n;
@@ -400,13 +414,13 @@ static int run_relay(pid_t init, int status_fd, int alive_fd, int ctl) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: netns-launch [--keep /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--record] [--probe] -- PROGRAM [ARG]...\n");
+  fprintf(stderr, "usage: netns-launch [--keep /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...\n");
   _exit(2);
 }
 
 int main(int argc, char **argv) {
   const char *tmp_size = NULL;
-  int noexec = 0, probe = 0, record = 0, i;
+  int noexec = 0, probe = 0, record = 0, control = -1, i;
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--") == 0) { i++; break; }
     if (strcmp(argv[i], "--keep") == 0 && i + 1 < argc) {
@@ -417,6 +431,10 @@ int main(int argc, char **argv) {
       tmp_size = argv[++i];
     } else if (strcmp(argv[i], "--noexec") == 0) {
       noexec = 1;
+    } else if (strcmp(argv[i], "--control-fd") == 0 && i + 1 < argc) {
+      control = atoi(argv[++i]);
+      /* Only the relay keeps it: not init, not the program. */
+      if (control < 3 || fcntl(control, F_SETFD, FD_CLOEXEC) < 0) usage();
     } else if (strcmp(argv[i], "--record") == 0) {
       record = 1;
     } else if (strcmp(argv[i], "--probe") == 0) {
@@ -481,5 +499,6 @@ int main(int argc, char **argv) {
     }
     return SETUP_FAILED;
   }
-  return run_relay(init, status_pipe[0], alive_pipe[1], ctl[0]);
+  if (!record || ctl[0] < 0) control = -1; /* nothing to answer with */
+  return run_relay(init, status_pipe[0], alive_pipe[1], ctl[0], control);
 }

@@ -1,7 +1,9 @@
-// Worker side of attempt recording: the launcher's relay process counts, in
-// the kernel, every packet this sandbox sent towards an outside address
-// (native/attempts.c); this asks it for the counts over the socket it left us.
+// Attempt recording, read back: the launcher's relay process counts, in the
+// kernel, every packet a sandbox sent towards an outside address
+// (native/attempts.c), and answers "attempts" on two sockets: one the worker
+// inherits (VITEST_NETNS_FD), one the pool passed in (--control-fd).
 import { Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
 
 export interface Attempt {
   protocol: 'tcp' | 'udp' | 'ip'
@@ -28,7 +30,7 @@ function relaySocket(): Socket | undefined {
   return socket
 }
 
-function ask(s: Socket): Promise<string> {
+function ask(s: Duplex): Promise<string> {
   return new Promise((resolve, reject) => {
     let reply = ''
     const onData = (chunk: Buffer) => {
@@ -45,11 +47,16 @@ function ask(s: Socket): Promise<string> {
   })
 }
 
-/** Every outside destination this file's processes tried so far, or undefined without recording. */
+/** The counts, asked over `socket`; questions on one socket are answered in order. */
+export function queryAttempts(socket: Duplex): Promise<Attempt[]> {
+  return ask(socket).then(parseAttempts)
+}
+
+/** In a worker: every outside destination this file's processes tried so far, or undefined without recording. */
 export function readAttempts(): Promise<Attempt[] | undefined> {
   const s = relaySocket()
   if (!s || recordingState() !== 'on') return Promise.resolve(undefined)
-  const result = queue.then(() => ask(s)).then(parseAttempts)
+  const result = queue.then(() => queryAttempts(s))
   queue = result.catch(() => undefined)
   return result
 }

@@ -16,7 +16,12 @@ export interface LaunchPlan {
   /** Spawn `file` with `[...prefix, program, ...args]`. */
   file: string
   prefix: string[]
+  /** The child's descriptor on which the launcher answers attempt queries: spawn it as a pipe. */
+  controlFd?: number
 }
+
+/** stdio index of the control socket: after stdin, stdout, stderr and Vitest's IPC channel. */
+const CONTROL_FD = 4
 
 function isExecutable(path: string): boolean {
   try {
@@ -115,9 +120,9 @@ export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): Lau
     for (const path of keep) prefix.push('--keep', path)
     if (options.tmpSize) prefix.push('--tmp-size', options.tmpSize)
     if (options.tmpNoexec) prefix.push('--noexec')
-    if (options.recordAttempts) prefix.push('--record')
+    if (options.recordAttempts) prefix.push('--record', '--control-fd', String(CONTROL_FD))
     prefix.push('--')
-    return { kind: 'native', file: nativeLauncherPath, prefix }
+    return { kind: 'native', file: nativeLauncherPath, prefix, controlFd: options.recordAttempts ? CONTROL_FD : undefined }
   }
   const missing = ['unshare', 'ip', 'mount', 'setpriv'].filter((tool) => !findTool(tool))
   if (missing.length) {
@@ -160,7 +165,9 @@ export interface ProbeResult {
 
 /** Runs the whole setup once, exactly as a worker start would, but starts `true` instead of a worker. */
 export function probe(plan: LaunchPlan): Promise<ProbeResult> {
-  const args = plan.kind === 'native' ? ['--probe', ...plan.prefix.slice(0, -1)] : [...plan.prefix, 'true']
+  const control = plan.prefix.indexOf('--control-fd') // no control socket is passed to the probe
+  const options = control < 0 ? plan.prefix.slice(0, -1) : [...plan.prefix.slice(0, control), ...plan.prefix.slice(control + 2, -1)]
+  const args = plan.kind === 'native' ? ['--probe', ...options] : [...plan.prefix, 'true']
   return new Promise((resolvePromise) => {
     const child = spawn(plan.file, args, { stdio: ['ignore', 'pipe', 'pipe'] })
     let output = ''

@@ -58,7 +58,7 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
       if (launch.kind === 'shell' && options.recordAttempts) workerEnv.VITEST_NETNS_RECORDING = 'unavailable: the shell launcher does not record'
       const recording = launch.kind === 'shell' ? 'not recorded (shell launcher)' : result.recording === 'on' ? 'recorded' : options.recordAttempts ? `not recorded (${result.recording})` : 'not recorded'
       return {
-        plan: { launch, userPool, userPoolRunner, workerEnv },
+        plan: { launch, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never' },
         summary: `${mode} mode, ${launch.kind} launcher, outside attempts ${recording}, uplink mechanism: ${uplinkMechanism(mode)}`,
       }
     }
@@ -70,7 +70,7 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
   if (options.onUnsupported === 'error') throw new Error(failure)
   project.vitest.logger.warn(`${failure}\n  netns test files will be reported as skipped (onUnsupported: 'skip').`)
   return {
-    plan: { skipReason: failure.split('\n')[0], userPool, userPoolRunner, workerEnv },
+    plan: { skipReason: failure.split('\n')[0], userPool, userPoolRunner, workerEnv, setupFile: true },
     summary: 'unsupported here: netns files are skipped',
   }
 }

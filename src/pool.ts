@@ -4,7 +4,8 @@
 // custom pool), unchanged.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { EventEmitter } from 'node:events'
-import { resolve } from 'node:path'
+import { relative, resolve } from 'node:path'
+import type { Duplex } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import {
   ForksPoolWorker,
@@ -16,29 +17,35 @@ import {
   type PoolWorker,
   type WorkerRequest,
 } from 'vitest/node'
+import { formatAttempts, queryAttempts } from './attempts.js'
 import type { LaunchPlan } from './launcher.js'
 
 export const POOL_NAME = 'netns'
 export const ENVIRONMENT_NAME = 'netns'
 const SIGKILL_TIMEOUT = 500
 const workerSetupFile = fileURLToPath(new URL('./worker-setup.js', import.meta.url))
+const workerPreload = new URL('./worker-preload.js', import.meta.url).href
+// `node --import` exists from Node 20.6 on; before that the setup file adds the hints.
+const [nodeMajor = 0, nodeMinor = 0] = process.versions.node.split('.').map(Number)
+const canPreload = nodeMajor > 20 || (nodeMajor === 20 && nodeMinor >= 6)
 
 type StartRequest = WorkerRequest & { type: 'start' }
 
 /**
  * What a netns worker is told at start: Vitest's built-in `node` environment
  * (the sandbox is already made by the launcher; loading this package as an
- * environment would cost a module runner of its own, ~50 ms per file), and
- * worker-setup.ts as one more setup file (hints, attempts, keepTmp, skip).
+ * environment would cost a module runner of its own, ~50 ms per file), and,
+ * when needed, worker-setup.ts as one more setup file (strict, keepTmp, skip).
  */
-function netnsStart(message: StartRequest): StartRequest {
+function netnsStart(message: StartRequest, withSetupFile: boolean): StartRequest {
   const { context } = message
+  const setupFiles = withSetupFile ? [...context.config.setupFiles, workerSetupFile] : context.config.setupFiles
   return {
     ...message,
     context: {
       ...context,
       environment: { ...context.environment, name: 'node' },
-      config: { ...context.config, setupFiles: [...context.config.setupFiles, workerSetupFile] },
+      config: { ...context.config, setupFiles },
     },
   }
 }
@@ -54,6 +61,8 @@ export interface ProjectPlan {
   userPoolRunner?: PoolRunnerInitializer
   /** Extra environment of netns workers (mode, strict, keepTmp…), read by worker-setup.ts. */
   workerEnv: Record<string, string>
+  /** Whether netns workers need worker-setup.ts (strict, keepTmp): it costs each file ~15 ms. */
+  setupFile: boolean
 }
 
 type Task = Parameters<NonNullable<PoolWorker['canReuse']>>[0]
@@ -64,7 +73,7 @@ export function createNetnsPool(plan: ProjectPlan): PoolRunnerInitializer {
     createPoolWorker(options: PoolOptions): PoolWorker {
       if (options.environment.name === ENVIRONMENT_NAME) {
         if (plan.launch) return new NetnsPoolWorker(options, plan, plan.launch)
-        return new DelegatingPoolWorker(new ForksPoolWorker(skipOptions(options, plan)), options.environment, netnsStart)
+        return new DelegatingPoolWorker(new ForksPoolWorker(skipOptions(options, plan)), options.environment, (m) => netnsStart(m, true))
       }
       return new DelegatingPoolWorker(userWorker(options, plan), options.environment)
     },
@@ -150,6 +159,10 @@ export class NetnsPoolWorker implements PoolWorker {
   private readonly stdout: NodeJS.WritableStream
   private readonly stderr: NodeJS.WritableStream
   private readonly env: NodeJS.ProcessEnv
+  private readonly execArgv: string[]
+  private readonly setupFile: boolean
+  /** Files of the request the current process runs: the attempts report names them. */
+  private files: string[] = []
 
   constructor(private readonly options: PoolOptions, plan: ProjectPlan, private readonly launch: LaunchPlan) {
     this.entrypoint = resolve(options.distPath, 'workers/forks.js')
@@ -163,6 +176,8 @@ export class NetnsPoolWorker implements PoolWorker {
       ...plan.workerEnv,
       VITEST_NETNS: '1',
     }
+    this.execArgv = canPreload ? ['--import', workerPreload, ...options.execArgv] : options.execArgv
+    this.setupFile = plan.setupFile || !canPreload
   }
 
   on(event: string, callback: (...args: any[]) => void) { this.events.on(event, callback) }
@@ -177,10 +192,15 @@ export class NetnsPoolWorker implements PoolWorker {
   private spawnChild(): ChildProcess {
     const child = spawn(
       this.launch.file,
-      [...this.launch.prefix, process.execPath, ...this.options.execArgv, this.entrypoint],
-      { env: this.env, stdio: ['pipe', 'pipe', 'pipe', 'ipc'], serialization: 'advanced' },
+      [...this.launch.prefix, process.execPath, ...this.execArgv, this.entrypoint],
+      { env: this.env, stdio: ['pipe', 'pipe', 'pipe', 'ipc', ...(this.launch.controlFd ? (['pipe'] as const) : [])], serialization: 'advanced' },
     )
-    child.on('message', (message) => this.onChildMessage(message))
+    const control = this.launch.controlFd ? (child.stdio[this.launch.controlFd] as Duplex) : undefined
+    child.on('message', (message) => {
+      // At the end of each file, and before Vitest hears of it: what it tried to reach.
+      if (control && isResponse(message, 'testfileFinished')) void this.reportAttempts(control).then(() => this.onChildMessage(message))
+      else this.onChildMessage(message)
+    })
     child.on('error', (error) => this.events.emit('error', error))
     child.on('exit', (code, signal) => {
       if (this.child === child) this.events.emit('exit', code, signal)
@@ -191,12 +211,25 @@ export class NetnsPoolWorker implements PoolWorker {
   }
 
   send(message: WorkerRequest) {
-    if (message.type === 'start') message = this.startRequest = netnsStart(message)
-    if ((message.type === 'run' || message.type === 'collect') && message.context.files.length > 1) {
-      void this.runEachFileAlone(message as Request)
-      return
+    if (message.type === 'start') message = this.startRequest = netnsStart(message, this.setupFile)
+    if (message.type === 'run' || message.type === 'collect') {
+      if (message.context.files.length > 1) {
+        void this.runEachFileAlone(message as Request)
+        return
+      }
+      this.files = message.context.files.map((file) => file.filepath)
     }
     this.child?.send(message)
+  }
+
+  private async reportAttempts(control: Duplex) {
+    const attempts = await queryAttempts(control).catch(() => [])
+    if (!attempts.length) return
+    const root = this.options.project.config.root
+    const files = this.files.map((file) => relative(root, file)).join(', ') || 'a netns file'
+    this.options.project.vitest.logger.warn(
+      `vitest-environment-netns: ${files} tried to reach outside destinations (all blocked): ${formatAttempts(attempts)}`,
+    )
   }
 
   // --- one process per file, when Vitest hands several files to one worker ---
@@ -237,6 +270,7 @@ export class NetnsPoolWorker implements PoolWorker {
           if (error) throw error
         }
         const finished = last ? undefined : this.take('testfileFinished')
+        this.files = [file.filepath]
         this.child!.send({ ...request, context: { ...request.context, files: [file] } })
         if (last) return // its testfileFinished goes to Vitest
         const result = await finished!

@@ -1,7 +1,7 @@
-// Setup file the plugin adds to every project it serves. In netns workers it
-// explains network failures, reports (and with `strict`, fails on) attempts
-// to reach the outside, and keeps /tmp on request; where netns is unsupported
-// and skipped, it skips. In other workers it does nothing.
+// Setup file the pool gives netns workers that need it: with `strict` it fails
+// tests that tried to reach the outside, with `keepTmp` it keeps /tmp, on
+// Node < 20.6 (no --import preload) it adds the network hints; where netns is
+// unsupported and skipped, it skips every test.
 import { join, relative } from 'node:path'
 import { afterAll, afterEach, beforeEach } from 'vitest'
 import { formatAttempts, newAttempts, readAttempts, type Attempt } from './attempts.js'
@@ -45,20 +45,14 @@ if (process.env.VITEST_NETNS === '1') {
     }
   })
 
+  const runDir = process.env.VITEST_NETNS_KEEP_TMP_DIR
   // eslint-disable-next-line no-empty-pattern
-  afterAll(async ({}, suite) => {
+  if (runDir && keepTmp !== 'never') afterAll(({}, suite) => {
     const file = suite as unknown as TaskLike
+    if (keepTmp === 'on-failure' && !failed(file)) return
     const root = process.env.VITEST_NETNS_ROOT ?? process.cwd()
     const absolute = file.filepath ?? file.file?.filepath ?? join(root, 'this file')
-    const path = relative(root, absolute)
-    const attempts = await readAttempts()
-    if (attempts?.length) {
-      console.warn(`vitest-environment-netns: ${path} tried to reach outside destinations (all blocked): ${formatAttempts(attempts)}`)
-    }
-    const runDir = process.env.VITEST_NETNS_KEEP_TMP_DIR
-    if (runDir && (keepTmp === 'always' || (keepTmp === 'on-failure' && failed(file)))) {
-      const kept = keepTmpOf(absolute, root, runDir)
-      console.warn(`vitest-environment-netns: kept /tmp of ${path} in ${kept}`)
-    }
+    const kept = keepTmpOf(absolute, root, runDir)
+    console.warn(`vitest-environment-netns: kept /tmp of ${relative(root, absolute)} in ${kept}`)
   })
 }

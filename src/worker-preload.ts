@@ -1,0 +1,29 @@
+// Preloaded (node --import) into netns workers, before Vitest's worker code:
+// adds the "no network here" hint to failed tests' errors as Vitest's worker
+// sends them to the main process. Loaded by Node directly, it costs far less
+// per file than a setup file, which Vitest loads through its module runner.
+import { annotateNetworkError } from './hints.js'
+
+interface TaskUpdate {
+  m?: unknown
+  a?: unknown
+}
+type Pack = [string, { errors?: unknown[] } | undefined, ...unknown[]]
+
+function annotate(message: unknown): void {
+  const rpc = message as TaskUpdate | null
+  if (typeof rpc !== 'object' || rpc === null || rpc.m !== 'onTaskUpdate' || !Array.isArray(rpc.a)) return
+  const packs = rpc.a[0]
+  if (!Array.isArray(packs)) return
+  for (const pack of packs as Pack[]) {
+    for (const error of (Array.isArray(pack) && pack[1]?.errors) || []) annotateNetworkError(error as never)
+  }
+}
+
+const send = process.send?.bind(process)
+if (send) {
+  process.send = ((message: unknown, ...rest: unknown[]) => {
+    annotate(message)
+    return (send as (...args: unknown[]) => boolean)(message, ...rest)
+  }) as typeof process.send
+}
