@@ -81,7 +81,7 @@ function table(header, rows) {
 // ---------------------------------------------------------------- processes
 
 /** Runs a command; resolves with the wall time from spawn to exit (ms). Never rejects. */
-function timeCommand(file, args, { cwd, env, timeoutMs, capture = false }) {
+function timeCommand(file, args, { cwd, env, timeoutMs, capture = false, controlFd }) {
   return new Promise((resolvePromise) => {
     let out = ''
     const started = performance.now()
@@ -89,7 +89,11 @@ function timeCommand(file, args, { cwd, env, timeoutMs, capture = false }) {
     const child = spawn(file, args, {
       cwd,
       env,
-      stdio: capture ? ['ignore', 'pipe', 'pipe'] : 'ignore',
+      // A launcher that records attempts answers on a control socket, as the pool passes it.
+      stdio: [
+        'ignore', capture ? 'pipe' : 'ignore', capture ? 'pipe' : 'ignore',
+        ...(controlFd ? [...Array(controlFd - 3).fill('ignore'), 'pipe'] : []),
+      ],
       detached: true, // own process group, so a timed-out run can be ended whole
     })
     if (capture) {
@@ -303,16 +307,16 @@ async function benchRaw(args, deadline) {
   const cases = []
   for (const [pname, cmd] of programs) {
     cases.push({ program: pname, how: 'plain spawn', file: cmd[0], args: cmd.slice(1) })
-    for (const [kind, plan] of plans) cases.push({ program: pname, how: kind, file: plan.file, args: [...plan.prefix, ...cmd] })
+    for (const [kind, plan] of plans) cases.push({ program: pname, how: kind, file: plan.file, args: [...plan.prefix, ...cmd], controlFd: plan.controlFd })
   }
   for (const c of cases) c.times = [], c.cpu = 0, c.failures = 0
 
   console.log(`\nPart 2: launcher alone, ${K} interleaved iterations of each command (spawn to exit, stdio ignored)`)
   // One unmeasured run of each first: page cache, first-exec costs.
   for (const c of cases) {
-    const r = await timeCommand(c.file, c.args, { timeoutMs: 10_000 })
+    const r = await timeCommand(c.file, c.args, { timeoutMs: 10_000, controlFd: c.controlFd })
     if (r.code !== 0) {
-      const r2 = await timeCommand(c.file, c.args, { timeoutMs: 10_000, capture: true })
+      const r2 = await timeCommand(c.file, c.args, { timeoutMs: 10_000, capture: true, controlFd: c.controlFd })
       console.log(`  ${c.how} ${c.program} FAILED (exit ${r2.code ?? r2.signal}): ${r2.out.trim().slice(0, 500)}`)
       c.broken = true
     }
@@ -323,7 +327,7 @@ async function benchRaw(args, deadline) {
     for (let j = 0; j < live.length; j++) {
       const c = live[(j + k) % live.length]
       const cpuBefore = childrenCpuMs()
-      const r = await timeCommand(c.file, c.args, { timeoutMs: 10_000 })
+      const r = await timeCommand(c.file, c.args, { timeoutMs: 10_000, controlFd: c.controlFd })
       c.cpu += childrenCpuMs() - cpuBefore
       if (r.code === 0) c.times.push(r.ms)
       else c.failures++
