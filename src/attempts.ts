@@ -30,19 +30,29 @@ function relaySocket(): Socket | undefined {
   return socket
 }
 
+// The relay answers within a few milliseconds; a closed or silent socket must not stall a test run.
+const ANSWER_TIMEOUT_MS = 5000
+
 function ask(s: Duplex): Promise<string> {
   return new Promise((resolve, reject) => {
     let reply = ''
+    const done = (error?: Error) => {
+      clearTimeout(timer)
+      s.off('data', onData)
+      s.off('error', done)
+      s.off('close', onClose)
+      if (error) reject(error)
+      else resolve(reply.slice(0, -'end\n'.length))
+    }
     const onData = (chunk: Buffer) => {
       reply += chunk.toString()
-      if (reply.endsWith('end\n')) {
-        s.off('data', onData)
-        s.off('error', reject)
-        resolve(reply.slice(0, -'end\n'.length))
-      }
+      if (reply.endsWith('end\n')) done()
     }
+    const onClose = () => done(new Error('the launcher closed the attempts socket'))
+    const timer = setTimeout(() => done(new Error('the launcher did not answer the attempts query')), ANSWER_TIMEOUT_MS)
     s.on('data', onData)
-    s.once('error', reject)
+    s.once('error', done)
+    s.once('close', onClose)
     s.write('attempts\n')
   })
 }
