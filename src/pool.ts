@@ -262,19 +262,22 @@ export class NetnsPoolWorker implements PoolWorker {
     let firstError: unknown
     try {
       for (const [index, file] of files.entries()) {
-        const last = index === files.length - 1
         if (index > 0) {
           const started = this.take('started')
           this.child!.send(this.startRequest!)
           const { error } = await started
           if (error) throw error
         }
-        const finished = last ? undefined : this.take('testfileFinished')
+        const finished = this.take('testfileFinished')
         this.files = [file.filepath]
         this.child!.send({ ...request, context: { ...request.context, files: [file] } })
-        if (last) return // its testfileFinished goes to Vitest
-        const result = await finished!
+        const result = await finished
         firstError ??= result.error
+        if (index === files.length - 1) {
+          // Vitest expects one answer for the whole task: the last file's, carrying any earlier file's error.
+          this.events.emit('message', { ...result, error: firstError })
+          return
+        }
         const stopped = this.take('stopped')
         this.child!.send({ type: 'stop', __vitest_worker_request__: true } as WorkerRequest)
         firstError ??= (await stopped).error
