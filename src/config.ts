@@ -1,5 +1,22 @@
 // Plugin options: their types, defaults and validation. Bad input fails when
 // the config is loaded, before any test runs, with a message naming the fix.
+import { parseCidr } from './ipv4.js'
+
+export interface UplinkPluginOptions {
+  /** IPv4 block uplinks take their addresses from, one /30 each. Default `'10.200.0.0/16'`. */
+  pool?: string
+  /**
+   * Rootless mode: how the hub namespace reaches past this machine for tests
+   * with `egress: 'nat'`: `'auto'` (pasta, else slirp4netns), `'pasta'`,
+   * `'slirp4netns'` or `'none'`. Forwards and host services never need it. Default `'auto'`.
+   */
+  egressVia?: 'auto' | 'pasta' | 'slirp4netns' | 'none'
+}
+
+export interface ResolvedUplinkOptions {
+  pool: string
+  egressVia: 'auto' | 'pasta' | 'slirp4netns' | 'none'
+}
 
 export interface NetnsOptions {
   /**
@@ -31,6 +48,11 @@ export interface NetnsOptions {
   keepTmp?: 'never' | 'on-failure' | 'always'
   /** Where kept /tmp trees go, one directory per run (the newest 5 are kept). Default `<root>/node_modules/.vitest-netns/kept-tmp`. */
   keepTmpDir?: string
+  /**
+   * Per-test uplinks (the `uplink` fixture): `true` (default), `false` to turn
+   * them off (rootless runs then start no hub namespace), or options.
+   */
+  uplink?: boolean | UplinkPluginOptions
 }
 
 export interface ResolvedNetnsOptions {
@@ -42,6 +64,7 @@ export interface ResolvedNetnsOptions {
   strict: boolean
   keepTmp: 'never' | 'on-failure' | 'always'
   keepTmpDir: string | undefined
+  uplink: ResolvedUplinkOptions | false
 }
 
 export class NetnsConfigError extends Error {
@@ -51,7 +74,8 @@ export class NetnsConfigError extends Error {
   }
 }
 
-const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher', 'recordAttempts', 'strict', 'keepTmp', 'keepTmpDir'] as const
+const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher', 'recordAttempts', 'strict', 'keepTmp', 'keepTmpDir', 'uplink'] as const
+export const DEFAULT_UPLINK_POOL = '10.200.0.0/16'
 
 function oneOf<T extends string>(key: string, value: unknown, allowed: readonly T[], fallback: T): T {
   if (value === undefined) return fallback
@@ -68,6 +92,26 @@ function resolveTmpSize(value: unknown): string | undefined {
   throw new NetnsConfigError(
     `option 'tmpSize' must be a positive whole number of bytes or a string such as '64m', '1g' or '10%'; got ${JSON.stringify(value)}.`,
   )
+}
+
+function resolveUplink(value: unknown): ResolvedUplinkOptions | false {
+  if (value === false) return false
+  if (value === undefined || value === true) value = {}
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new NetnsConfigError(`option 'uplink' must be true, false or an object such as { pool: '10.200.0.0/16' }; got ${JSON.stringify(value)}.`)
+  }
+  const record = value as Record<string, unknown>
+  for (const key of Object.keys(record)) {
+    if (key !== 'pool' && key !== 'egressVia') throw new NetnsConfigError(`unknown option 'uplink.${key}'. Known: pool, egressVia.`)
+  }
+  const pool = record.pool ?? DEFAULT_UPLINK_POOL
+  const cidr = typeof pool === 'string' ? parseCidr(pool) : undefined
+  if (!cidr || cidr.prefix > 30) {
+    throw new NetnsConfigError(
+      `option 'uplink.pool' must be an IPv4 block written as a.b.c.d/n with n at most 30 and no host bits set (e.g. '10.200.0.0/16'); got ${JSON.stringify(pool)}.`,
+    )
+  }
+  return { pool: pool as string, egressVia: oneOf('uplink.egressVia', record.egressVia, ['auto', 'pasta', 'slirp4netns', 'none'], 'auto') }
 }
 
 export function resolveOptions(options: unknown): ResolvedNetnsOptions {
@@ -103,5 +147,6 @@ export function resolveOptions(options: unknown): ResolvedNetnsOptions {
     strict: record.strict === true,
     keepTmp: oneOf('keepTmp', record.keepTmp, ['never', 'on-failure', 'always'], 'never'),
     keepTmpDir: record.keepTmpDir as string | undefined,
+    uplink: resolveUplink(record.uplink),
   }
 }

@@ -1,8 +1,10 @@
 // `vitest-netns doctor`: checks every requirement by trying it, and prints
 // the exact fix for this system for each problem.
 import { constants, existsSync, openSync, closeSync, readFileSync } from 'node:fs'
-import { resolveOptions } from './config.js'
+import { DEFAULT_UPLINK_POOL, resolveOptions } from './config.js'
 import { explainProbeFailure } from './diagnostics.js'
+import { formatCidr, overlaps, parseCidr } from './ipv4.js'
+import { hostNetworks, tryUplink } from './uplink-host.js'
 import { findTool, nativeLauncherPath, planLauncher, probe, LauncherUnavailableError, type ProbeResult } from './launcher.js'
 
 export type Status = 'ok' | 'missing' | 'blocked' | 'not reached' | 'info'
@@ -45,7 +47,6 @@ function detectDistro(): { family: Distro; name: string } {
 const PACKAGES: Record<string, Record<Distro, string>> = {
   compiler: { debian: 'gcc libc6-dev', fedora: 'gcc glibc-static', arch: 'gcc', alpine: 'build-base linux-headers', unknown: 'a C compiler and the Linux headers' },
   tools: { debian: 'util-linux iproute2', fedora: 'util-linux iproute', arch: 'util-linux iproute2', alpine: 'util-linux iproute2', unknown: 'util-linux and iproute2' },
-  nft: { debian: 'nftables', fedora: 'nftables', arch: 'nftables', alpine: 'nftables', unknown: 'nftables' },
   pasta: { debian: 'passt', fedora: 'passt', arch: 'passt', alpine: 'passt', unknown: 'passt (pasta)' },
 }
 
@@ -158,21 +159,35 @@ export async function runDoctor(): Promise<DoctorReport> {
         : { feature: 'outside attempts recorded (nf_tables)', status: 'not reached', detail: 'not tried: the sandbox cannot be set up' },
   )
 
-  // What the per-test uplink fixture will need (root: veth in the host namespace; rootless: a hub
-  // namespace reaching the host through pasta or slirp4netns). Not built yet, so never more than a note.
-  const uplink = (what: string, found: boolean, detail: string, fix: string): Check =>
-    found ? { feature: `uplink (planned): ${what}`, status: 'ok', detail } : { feature: `uplink (planned): ${what}`, status: 'info', detail, fix }
-  const firewall = findTool('nft') ?? findTool('iptables')
-  checks.push(uplink('nft or iptables', !!firewall, firewall ?? 'neither nft nor iptables on PATH', install(family, 'nft')))
-  if (root) {
-    checks.push({ feature: 'uplink (planned): mode', status: 'ok', detail: 'root: veth pairs straight into the host namespace' })
+  // Uplinks: tried for real when the sandbox works (a helper of its own, one throwaway sandbox).
+  // They are optional, so problems here are notes, not failures.
+  const uplinkOptions = { pool: DEFAULT_UPLINK_POOL, egressVia: 'auto' as const }
+  if (!ok || !existsSync(nativeLauncherPath)) {
+    checks.push({ feature: 'uplinks', status: 'not reached', detail: ok ? 'need the native launcher' : 'not tried: the sandbox cannot be set up', ...(ok ? { fix: `${install(family, 'compiler')}; then npm rebuild vitest-environment-netns` } : {}) })
   } else {
-    const helper = findTool('pasta') ?? findTool('slirp4netns')
-    checks.push(uplink('pasta or slirp4netns', !!helper, helper ?? 'neither on PATH', install(family, 'pasta')))
-    const tun = existsSync('/dev/net/tun')
+    const clash = hostNetworks().find((network) => overlaps(network, parseCidr(DEFAULT_UPLINK_POOL)!))
+    const failure = await tryUplink(root ? 'root' : 'rootless', uplinkOptions)
     checks.push(
-      uplink('/dev/net/tun', canOpen('/dev/net/tun'), canOpen('/dev/net/tun') ? 'readable and writable' : tun ? 'not accessible to this user (mode 0600?)' : 'absent',
-        tun ? 'sudo chmod 0666 /dev/net/tun (the usual mode on desktop distributions)' : 'sudo modprobe tun'),
+      failure
+        ? { feature: 'uplinks', status: 'info', detail: `${failure.step} failed: ${failure.detail}`, fix: root ? 'uplinks need the veth driver and nf_tables NAT (modprobe veth nft_nat nft_masq)' : 'uplinks need nested user namespaces (user.max_user_namespaces above 2)' }
+        : { feature: 'uplinks', status: 'ok', detail: root ? 'tried: veth into a sandbox, rules in the host namespace' : 'tried: hub namespace, veth into a sandbox' },
+    )
+    if (clash) checks.push({ feature: 'uplinks: default pool', status: 'info', detail: `${DEFAULT_UPLINK_POOL} overlaps ${formatCidr(clash)} here`, fix: "netns({ uplink: { pool: '10.201.0.0/16' } }) or another free block" })
+  }
+  if (!root) {
+    // Past the machine (egress: 'nat' to the world) a rootless hub needs pasta or slirp4netns, and /dev/net/tun.
+    const helper = findTool('pasta') ?? findTool('slirp4netns')
+    const tun = existsSync('/dev/net/tun')
+    const tunOk = canOpen('/dev/net/tun')
+    checks.push(
+      helper && tunOk
+        ? { feature: 'uplinks: egress past this machine', status: 'ok', detail: `${helper}, /dev/net/tun usable` }
+        : {
+            feature: 'uplinks: egress past this machine',
+            status: 'info',
+            detail: !helper ? 'neither pasta nor slirp4netns on PATH' : tun ? '/dev/net/tun is not accessible to this user (mode 0600?)' : '/dev/net/tun is absent',
+            fix: !helper ? install(family, 'pasta') : tun ? 'sudo chmod 0666 /dev/net/tun (the usual mode on desktop distributions)' : 'sudo modprobe tun',
+          },
     )
   }
   return { ok, distro: name, mode: root ? 'root' : 'rootless', checks }

@@ -152,6 +152,19 @@ export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): Lau
   }
 }
 
+/**
+ * The command that starts one worker. With rootless uplinks, inside the hub's
+ * user namespace, so the sandbox's user namespace is the hub's child and the
+ * hub may give it an uplink.
+ */
+export function launchCommand(plan: LaunchPlan, hubPid?: number): { file: string; args: string[] } {
+  if (!hubPid) return { file: plan.file, args: plan.prefix }
+  if (plan.kind === 'native') return { file: plan.file, args: ['--hub', String(hubPid), ...plan.prefix] }
+  const nsenter = findTool('nsenter')
+  if (!nsenter) return { file: plan.file, args: plan.prefix } // the uplink request will say why it cannot attach
+  return { file: nsenter, args: [`--user=/proc/${hubPid}/ns/user`, '--preserve-credentials', '--', plan.file, ...plan.prefix] }
+}
+
 export interface ProbeResult {
   ok: boolean
   /** 'on', 'unavailable: <why>', or 'off' (not asked for, or the shell launcher). */

@@ -6,11 +6,13 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Plugin } from 'vite'
 import type { TestProject, TestSpecification, Vitest } from 'vitest/node'
-import { resolveOptions, type NetnsOptions, type ResolvedNetnsOptions } from './config.js'
+import { NetnsConfigError, resolveOptions, type NetnsOptions, type ResolvedNetnsOptions } from './config.js'
 import { unsupportedMessage } from './diagnostics.js'
 import { pruneRuns } from './keep-tmp.js'
 import { findTool, LauncherUnavailableError, nodePrefix, packageRoot, pathsToKeep, planLauncher, probe, type LaunchPlan, type ProbeResult } from './launcher.js'
+import { cidrSize, formatCidr, overlaps, parseCidr } from './ipv4.js'
 import { createNetnsPool, ENVIRONMENT_NAME, POOL_NAME, type ProjectPlan } from './pool.js'
+import { hostNetworks, registerUplinkHost } from './uplink-host.js'
 
 export type { NetnsOptions } from './config.js'
 
@@ -55,11 +57,12 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
     const launch = planLauncher(options, keep)
     const result = await probeOnce(launch)
     if (result.ok) {
+      const uplink = planUplink(options, mode, project.config.maxWorkers)
       if (launch.kind === 'shell' && options.recordAttempts) workerEnv.VITEST_NETNS_RECORDING = 'unavailable: the shell launcher does not record'
       const recording = launch.kind === 'shell' ? 'not recorded (shell launcher)' : result.recording === 'on' ? 'recorded' : options.recordAttempts ? `not recorded (${result.recording})` : 'not recorded'
       return {
-        plan: { launch, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never' },
-        summary: `${mode} mode, ${launch.kind} launcher, outside attempts ${recording}, uplink mechanism: ${uplinkMechanism(mode)}`,
+        plan: { launch, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink },
+        summary: `${mode} mode, ${launch.kind} launcher, outside attempts ${recording}, uplinks: ${uplink ? uplinkMechanism(mode, options) : 'off'}`,
       }
     }
     failure = unsupportedMessage(result)
@@ -75,11 +78,35 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
   }
 }
 
-/** What a per-test uplink would go through here (the uplink fixture itself is not built yet). */
-function uplinkMechanism(mode: 'root' | 'rootless'): string {
-  if (mode === 'root') return 'veth in the host namespace'
-  const helper = findTool('pasta') ? 'pasta' : findTool('slirp4netns') ? 'slirp4netns' : undefined
-  return helper ? `hub namespace + ${helper}` : 'none (install passt or slirp4netns)'
+/** Checks the uplink pool against this host and the worker count, before any test runs. */
+function planUplink(options: ResolvedNetnsOptions, mode: 'root' | 'rootless', maxWorkers: number): ProjectPlan['uplink'] {
+  if (!options.uplink) return undefined
+  const pool = parseCidr(options.uplink.pool)!
+  // Rootless uplinks live in the hub, a namespace of their own, but their traffic to the host's networks would still be ambiguous.
+  const clash = hostNetworks().find((network) => overlaps(network, pool))
+  if (clash) {
+    throw new NetnsConfigError(
+      `the uplink pool ${options.uplink.pool} overlaps this host's network ${formatCidr(clash)} (an interface address or route). ` +
+        `Choose a free block: netns({ uplink: { pool: '10.201.0.0/16' } }), or turn uplinks off with uplink: false.`,
+    )
+  }
+  const blocks = cidrSize(pool) / 4
+  if (blocks < maxWorkers) {
+    throw new NetnsConfigError(
+      `the uplink pool ${options.uplink.pool} has room for ${blocks} uplink${blocks === 1 ? '' : 's'} (one /30 each), fewer than maxWorkers (${maxWorkers}). ` +
+        `Give a larger pool (a /${Math.max(0, 32 - Math.ceil(Math.log2(maxWorkers * 4)))} or wider) or lower maxWorkers.`,
+    )
+  }
+  registerUplinkHost(mode, options.uplink)
+  return { mode, options: options.uplink }
+}
+
+/** What a per-test uplink goes through here. */
+function uplinkMechanism(mode: 'root' | 'rootless', options: ResolvedNetnsOptions): string {
+  if (mode === 'root') return 'veth in the host namespace, kernel NAT'
+  const via = options.uplink ? options.uplink.egressVia : 'none'
+  const helper = via === 'none' ? undefined : via !== 'slirp4netns' && findTool('pasta') ? 'pasta' : via !== 'pasta' && findTool('slirp4netns') ? 'slirp4netns' : undefined
+  return `hub namespace, host services and forwards relayed by the hub; egress past this machine ${helper ? `via ${helper}` : via === 'none' ? 'off' : 'unavailable (install passt)'}`
 }
 
 /** The environment a file will run in, as Vitest decides it: a docblock first, then the project's config. */

@@ -17,12 +17,18 @@ import {
   type PoolWorker,
   type WorkerRequest,
 } from 'vitest/node'
+import { createInterface } from 'node:readline'
 import { formatAttempts, queryAttempts } from './attempts.js'
-import type { LaunchPlan } from './launcher.js'
+import type { ResolvedUplinkOptions } from './config.js'
+import { launchCommand, type LaunchPlan } from './launcher.js'
+import { uplinkDaemon, UplinkSession, type UplinkDaemon, type UplinkMode } from './uplink-host.js'
+import type { UplinkEnvelope, UplinkRequest } from './uplink-protocol.js'
 
 export const POOL_NAME = 'netns'
 export const ENVIRONMENT_NAME = 'netns'
 const SIGKILL_TIMEOUT = 500
+/** stdio index of the uplink channel (after the attempts control socket, index 4). */
+const UPLINK_FD = 5
 const workerSetupFile = fileURLToPath(new URL('./worker-setup.js', import.meta.url))
 const workerPreload = new URL('./worker-preload.js', import.meta.url).href
 // `node --import` exists from Node 20.6 on; before that the setup file adds the hints.
@@ -63,6 +69,8 @@ export interface ProjectPlan {
   workerEnv: Record<string, string>
   /** Whether netns workers need worker-setup.ts (strict, keepTmp): it costs each file ~15 ms. */
   setupFile: boolean
+  /** Per-test uplinks, unless turned off. */
+  uplink?: { mode: UplinkMode; options: ResolvedUplinkOptions }
 }
 
 type Task = Parameters<NonNullable<PoolWorker['canReuse']>>[0]
@@ -163,8 +171,11 @@ export class NetnsPoolWorker implements PoolWorker {
   private readonly setupFile: boolean
   /** Files of the request the current process runs: the attempts report names them. */
   private files: string[] = []
+  /** Rootless uplinks: the hub every sandbox's user namespace is made a child of. */
+  private hubPid: number | undefined
+  private uplinkOff: string | undefined
 
-  constructor(private readonly options: PoolOptions, plan: ProjectPlan, private readonly launch: LaunchPlan) {
+  constructor(private readonly options: PoolOptions, private readonly plan: ProjectPlan, private readonly launch: LaunchPlan) {
     this.entrypoint = resolve(options.distPath, 'workers/forks.js')
     this.stdout = options.project.vitest.logger.outputStream
     this.stderr = options.project.vitest.logger.errorStream
@@ -186,15 +197,29 @@ export class NetnsPoolWorker implements PoolWorker {
   canReuse() { return false } // a namespaced worker never serves a second task
 
   async start() {
+    const uplink = this.plan.uplink
+    if (uplink?.mode === 'rootless' && this.hubPid === undefined && this.uplinkOff === undefined) {
+      try {
+        this.hubPid = (await uplinkDaemon(uplink.mode, uplink.options)).hubPid
+      } catch (error) {
+        // Files without uplinks run as before; tests asking for one fail with this reason.
+        this.uplinkOff = (error as Error).message.replace(/^vitest-environment-netns: /, '')
+        warnOnce(this.options.project.vitest.logger, `vitest-environment-netns: uplinks are unavailable in this run: ${this.uplinkOff}`)
+      }
+    }
     this.child ??= this.spawnChild()
   }
 
   private spawnChild(): ChildProcess {
-    const child = spawn(
-      this.launch.file,
-      [...this.launch.prefix, process.execPath, ...this.execArgv, this.entrypoint],
-      { env: this.env, stdio: ['pipe', 'pipe', 'pipe', 'ipc', ...(this.launch.controlFd ? (['pipe'] as const) : [])], serialization: 'advanced' },
-    )
+    const uplink = this.plan.uplink && this.uplinkOff === undefined ? this.plan.uplink : undefined
+    const { file, args } = launchCommand(this.launch, this.hubPid)
+    const stdio: ('pipe' | 'ipc' | 'ignore')[] = ['pipe', 'pipe', 'pipe', 'ipc']
+    if (this.launch.controlFd || uplink) stdio.push(this.launch.controlFd ? 'pipe' : 'ignore')
+    if (uplink) stdio.push('pipe')
+    const off = this.uplinkOff ?? (this.plan.uplink ? undefined : 'the netns() plugin has uplink: false')
+    const env = uplink ? { ...this.env, VITEST_NETNS_UPLINK_FD: String(UPLINK_FD) } : { ...this.env, VITEST_NETNS_UPLINK_OFF: off }
+    const child = spawn(file, [...args, process.execPath, ...this.execArgv, this.entrypoint], { env, stdio, serialization: 'advanced' })
+    if (uplink && child.pid) this.serveUplink(child, uplink, (child.stdio as unknown as Duplex[])[UPLINK_FD]!)
     const control = this.launch.controlFd ? (child.stdio[this.launch.controlFd] as Duplex) : undefined
     child.on('message', (message) => {
       // At the end of each file, and before Vitest hears of it: what it tried to reach.
@@ -220,6 +245,30 @@ export class NetnsPoolWorker implements PoolWorker {
       this.files = message.context.files.map((file) => file.filepath)
     }
     this.child?.send(message)
+  }
+
+  /** Answers the worker's uplink requests (src/uplink.ts) until it exits; then its uplink is released. */
+  private serveUplink(child: ChildProcess, uplink: NonNullable<ProjectPlan['uplink']>, channel: Duplex) {
+    let daemon: Promise<UplinkDaemon> | undefined
+    const logger = this.options.project.vitest.logger
+    const session = new UplinkSession(() => (daemon ??= uplinkDaemon(uplink.mode, uplink.options)), child.pid!, (message) => warnOnce(logger, message))
+    createInterface({ input: channel }).on('line', (line) => {
+      let request: UplinkRequest & { seq: number }
+      try {
+        request = JSON.parse(line)
+      } catch {
+        return
+      }
+      session.handle(request).then(
+        (reply) => reply,
+        (error: Error) => ({ error: error.message }),
+      ).then((reply) => {
+        const envelope: UplinkEnvelope = { seq: request.seq, ...reply }
+        if (!channel.destroyed) channel.write(`${JSON.stringify(envelope)}\n`)
+      })
+    })
+    channel.on('error', () => {}) // the worker went away: its exit releases the uplink
+    child.once('exit', () => void session.release())
   }
 
   private async reportAttempts(control: Duplex) {
@@ -314,6 +363,13 @@ export class NetnsPoolWorker implements PoolWorker {
     await this.terminate(child)
     this.child = undefined
   }
+}
+
+const warned = new Set<string>()
+function warnOnce(logger: { warn: (message: string) => void }, message: string) {
+  if (warned.has(message)) return
+  warned.add(message)
+  logger.warn(message)
 }
 
 function serialize(error: unknown) {

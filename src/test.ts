@@ -4,6 +4,7 @@
 import { test as base } from 'vitest'
 import { readAttempts, recordingState, type Attempt } from './attempts.js'
 import { sandboxFromEnv, type NetnsSandbox } from './sandbox.js'
+import { attachUplink, type Uplink, type UplinkOptions } from './uplink.js'
 
 export interface NetnsFixture extends NetnsSandbox {
   /** 'on' when outside attempts are recorded in the kernel, else why not. */
@@ -15,6 +16,13 @@ export interface NetnsFixture extends NetnsSandbox {
 export interface NetnsFixtures {
   /** The sandbox this file runs in. */
   netns: NetnsFixture
+  /**
+   * A network link for this test only: up before the test body, down after
+   * it, pass or fail. Tests that don't use it stay offline.
+   */
+  uplink: Uplink
+  /** How the `uplink` fixture is set up; change it with `test.override({ uplinkOptions: { egress: 'nat' } })`. */
+  uplinkOptions: UplinkOptions
 }
 
 export const test = base.extend<NetnsFixtures>({
@@ -29,9 +37,23 @@ export const test = base.extend<NetnsFixtures>({
     }
     await use({ ...sandbox, recording: recordingState(), attempts: async () => (await readAttempts()) ?? [] })
   },
+  // eslint-disable-next-line no-empty-pattern
+  uplinkOptions: async ({}, use) => {
+    await use({})
+  },
+  uplink: async ({ uplinkOptions }, use) => {
+    const { uplink, notice, detach } = await attachUplink(uplinkOptions)
+    if (notice) console.warn(`vitest-environment-netns: uplink: ${notice}`)
+    try {
+      await use(uplink)
+    } finally {
+      await detach()
+    }
+  },
 })
 
 export const it = test
 export { describe, expect, vi, beforeAll, afterAll, beforeEach, afterEach } from 'vitest'
 export type { NetnsSandbox } from './sandbox.js'
 export type { Attempt } from './attempts.js'
+export type { Uplink, UplinkOptions, Endpoint, ForwardOptions, HostServiceOptions } from './uplink.js'
