@@ -4,11 +4,16 @@
  * Inside the sandbox's network namespace:
  *   - default routes (IPv4 and IPv6) point at lo, so a packet to any outside
  *     address is actually built and passes the netfilter output hook
- *     (without a route, connect() fails before any packet exists);
+ *     (without a route, connect() fails before any packet exists). They have
+ *     a high metric (1024): an uplink's default route via eth0 (metric 0,
+ *     uplink.c) wins while it is attached, and when the uplink takes eth0
+ *     down the kernel drops that route and lo's takes over again;
  *   - an nf_tables table counts each such packet in a dynamic set keyed by
  *     destination . protocol . port, then rejects it: TCP with a reset
  *     (ECONNREFUSED at once), anything else with an ICMP error (EPERM or
- *     EHOSTUNREACH at once). Loopback traffic is untouched.
+ *     EHOSTUNREACH at once). Loopback traffic is untouched, and so is
+ *     traffic leaving through eth0, the inner end of an uplink (its first
+ *     rule, `oifname "eth0" accept`): the uplink daemon filters that.
  *   - route_localnet=1 on lo lets the reset, addressed to 127.0.0.1 from an
  *     outside address, come back in over lo.
  * The ruleset is sent as one nfnetlink batch (no `nft` process: that costs
@@ -20,10 +25,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/netfilter.h>
-#include <linux/netfilter/nf_tables.h>
-#include <linux/netfilter/nfnetlink.h>
-#include <linux/netlink.h>
+#include <net/if.h>
 #include <net/route.h>
 #include <netinet/in.h>
 #include <stdint.h>
@@ -34,117 +36,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "nl.h"
+
 #define TABLE "vitest_netns"
 #define BUF_SIZE 16384
 
-/* ---- a tiny netlink message builder ---- */
+/* ---- expressions (the generic ones are in nl.h) ---- */
 
-struct msg {
-  char *buf;
-  size_t len, cap;
-  int overflow;
-};
-
-static void *put(struct msg *m, const void *data, size_t len) {
-  size_t aligned = NLMSG_ALIGN(len);
-  if (m->len + aligned > m->cap) {
-    m->overflow = 1;
-    return NULL;
-  }
-  void *at = m->buf + m->len;
-  memset(at, 0, aligned);
-  if (data) memcpy(at, data, len);
-  m->len += aligned;
-  return at;
-}
-
-static size_t attr(struct msg *m, uint16_t type, const void *data, size_t len) {
-  struct nlattr a = {(uint16_t)(NLA_HDRLEN + len), type};
-  size_t at = m->len;
-  put(m, &a, sizeof a);
-  if (len) put(m, data, len);
-  return at;
-}
-static void attr_str(struct msg *m, uint16_t type, const char *s) { attr(m, type, s, strlen(s) + 1); }
-static void attr_u32(struct msg *m, uint16_t type, uint32_t host) {
-  uint32_t be = htonl(host);
-  attr(m, type, &be, sizeof be);
-}
-static size_t nest(struct msg *m, uint16_t type) { return attr(m, type | NLA_F_NESTED, NULL, 0); }
-static void nest_end(struct msg *m, size_t at) {
-  if (!m->overflow) ((struct nlattr *)(m->buf + at))->nla_len = (uint16_t)(m->len - at);
-}
-
-static size_t begin(struct msg *m, uint16_t type, uint16_t flags, uint8_t family, uint16_t res_id, uint32_t seq) {
-  struct nlmsghdr h = {0, type, (uint16_t)(NLM_F_REQUEST | flags), seq, 0};
-  struct nfgenmsg g = {family, NFNETLINK_V0, htons(res_id)};
-  size_t at = m->len;
-  put(m, &h, sizeof h);
-  put(m, &g, sizeof g);
-  return at;
-}
-static void end(struct msg *m, size_t at) {
-  if (!m->overflow) ((struct nlmsghdr *)(m->buf + at))->nlmsg_len = (uint32_t)(m->len - at);
-}
-#define NFT(type) ((NFNL_SUBSYS_NFTABLES << 8) | (type))
-
-/* ---- expressions ---- */
-
-struct expr {
-  size_t elem, data;
-};
-static struct expr expr_begin(struct msg *m, const char *name) {
-  struct expr e;
-  e.elem = nest(m, NFTA_LIST_ELEM);
-  attr_str(m, NFTA_EXPR_NAME, name);
-  e.data = nest(m, NFTA_EXPR_DATA);
-  return e;
-}
-static void expr_end(struct msg *m, struct expr e) {
-  nest_end(m, e.data);
-  nest_end(m, e.elem);
-}
-static void meta(struct msg *m, uint32_t key, uint32_t reg) {
-  struct expr e = expr_begin(m, "meta");
-  attr_u32(m, NFTA_META_KEY, key);
-  attr_u32(m, NFTA_META_DREG, reg);
-  expr_end(m, e);
-}
-static void cmp(struct msg *m, uint32_t reg, uint32_t op, const void *data, size_t len) {
-  struct expr e = expr_begin(m, "cmp");
-  attr_u32(m, NFTA_CMP_SREG, reg);
-  attr_u32(m, NFTA_CMP_OP, op);
-  size_t d = nest(m, NFTA_CMP_DATA);
-  attr(m, NFTA_DATA_VALUE, data, len);
-  nest_end(m, d);
-  expr_end(m, e);
-}
-static void cmp_u8(struct msg *m, uint32_t reg, uint8_t value) { cmp(m, reg, NFT_CMP_EQ, &value, 1); }
-static void payload(struct msg *m, uint32_t base, uint32_t offset, uint32_t len, uint32_t reg) {
-  struct expr e = expr_begin(m, "payload");
-  attr_u32(m, NFTA_PAYLOAD_DREG, reg);
-  attr_u32(m, NFTA_PAYLOAD_BASE, base);
-  attr_u32(m, NFTA_PAYLOAD_OFFSET, offset);
-  attr_u32(m, NFTA_PAYLOAD_LEN, len);
-  expr_end(m, e);
-}
-static void accept_verdict(struct msg *m) {
-  struct expr e = expr_begin(m, "immediate");
-  attr_u32(m, NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
-  size_t d = nest(m, NFTA_IMMEDIATE_DATA);
-  size_t v = nest(m, NFTA_DATA_VERDICT);
-  attr_u32(m, NFTA_VERDICT_CODE, NF_ACCEPT);
-  nest_end(m, v);
-  nest_end(m, d);
-  expr_end(m, e);
-}
-static void counter_expr(struct msg *m, uint16_t type) {
-  size_t c = nest(m, type);
-  attr_str(m, NFTA_EXPR_NAME, "counter");
-  size_t d = nest(m, NFTA_EXPR_DATA);
-  nest_end(m, d);
-  nest_end(m, c);
-}
 static void dynset_update(struct msg *m, const char *set, uint32_t set_id) {
   struct expr e = expr_begin(m, "dynset");
   attr_str(m, NFTA_DYNSET_SET_NAME, set);
@@ -152,12 +50,6 @@ static void dynset_update(struct msg *m, const char *set, uint32_t set_id) {
   attr_u32(m, NFTA_DYNSET_OP, NFT_DYNSET_OP_UPDATE);
   attr_u32(m, NFTA_DYNSET_SREG_KEY, NFT_REG_1);
   counter_expr(m, NFTA_DYNSET_EXPR);
-  expr_end(m, e);
-}
-static void reject(struct msg *m, uint32_t type, uint8_t code) {
-  struct expr e = expr_begin(m, "reject");
-  attr_u32(m, NFTA_REJECT_TYPE, type);
-  attr(m, NFTA_REJECT_ICMP_CODE, &code, 1);
   expr_end(m, e);
 }
 
@@ -188,6 +80,16 @@ static void add_set(struct msg *m, uint32_t seq, const char *name, uint32_t id, 
   nest_end(m, d);
   counter_expr(m, NFTA_SET_EXPR);
   end(m, s);
+}
+
+/* An uplink's interface (uplink.c names it eth0): its daemon decides what passes. */
+static void accept_uplink(struct msg *m, uint32_t seq) {
+  char name[IFNAMSIZ] = "eth0"; /* compared as nft does: all 16 bytes, zero padded */
+  size_t exprs, r = rule_begin(m, seq, &exprs);
+  meta(m, NFT_META_OIFNAME, NFT_REG_1);
+  cmp(m, NFT_REG_1, NFT_CMP_EQ, name, sizeof name);
+  accept_verdict(m);
+  rule_end(m, r, exprs);
 }
 
 /* Loopback destinations pass untouched. */
@@ -256,6 +158,7 @@ static int build_ruleset(struct msg *m) {
   attr_u32(m, NFTA_CHAIN_POLICY, NF_ACCEPT);
   attr_str(m, NFTA_CHAIN_TYPE, "filter");
   end(m, c);
+  accept_uplink(m, seq++);
   accept_loopback(m, seq++, 0);
   accept_loopback(m, seq++, 1);
   count_and_reject(m, seq++, 0, IPPROTO_TCP);
@@ -312,6 +215,7 @@ static int default_routes_via_lo(void) {
   ((struct sockaddr_in *)&rt.rt_gateway)->sin_family = AF_INET;
   rt.rt_flags = RTF_UP;
   rt.rt_dev = "lo";
+  rt.rt_metric = 1025; /* stored as metric - 1: priority 1024, loses to an uplink's 0 */
   int err = ioctl(s4, SIOCADDRT, &rt) < 0 ? errno : 0;
   close(s4);
   if (err) return err;
@@ -321,7 +225,7 @@ static int default_routes_via_lo(void) {
   struct in6_rtmsg rt6;
   memset(&rt6, 0, sizeof rt6);
   rt6.rtmsg_flags = RTF_UP;
-  rt6.rtmsg_metric = 1;
+  rt6.rtmsg_metric = 1024; /* loses to any route an uplink adds */
   rt6.rtmsg_ifindex = 1; /* lo is always 1 in a new namespace */
   err = ioctl(s6, SIOCADDRT, &rt6) < 0 ? errno : 0;
   close(s6);
@@ -346,26 +250,6 @@ int attempts_setup(const char **why) {
 }
 
 /* ---- reading the counters back ---- */
-
-static struct nlattr *find(struct nlattr *first, size_t len, uint16_t type) {
-  for (struct nlattr *a = first; len >= NLA_HDRLEN && a->nla_len >= NLA_HDRLEN && a->nla_len <= len;) {
-    if ((a->nla_type & NLA_TYPE_MASK) == type) return a;
-    size_t step = NLA_ALIGN(a->nla_len);
-    if (step >= len) break;
-    len -= step;
-    a = (struct nlattr *)((char *)a + step);
-  }
-  return NULL;
-}
-#define NLA_PAYLOAD_OF(a) ((void *)((char *)(a) + NLA_HDRLEN))
-#define NLA_LEN_OF(a) ((size_t)(a)->nla_len - NLA_HDRLEN)
-
-static uint64_t be64(const void *p) {
-  const uint8_t *b = p;
-  uint64_t v = 0;
-  for (int i = 0; i < 8; i++) v = v << 8 | b[i];
-  return v;
-}
 
 /* One element: "<proto> <address> <port> <packets>\n". */
 static size_t format_element(struct nlattr *elem, int v6, char *out, size_t room) {

@@ -3,13 +3,21 @@
  * namespaces, with loopback up and a private /tmp, in a single process chain
  * and without spawning helper programs (each exec costs 10+ ms on small VMs).
  *
- *   netns-launch [--keep PATH]... [--tmp-size BYTES] [--noexec] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...
+ *   netns-launch [--hub PID] [--keep PATH]... [--tmp-size BYTES] [--noexec] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...
+ *   netns-launch uplink ...   (the uplink daemon, see uplink.c)
  *
  * --record counts and rejects traffic to outside addresses in the kernel
  * (attempts.c); the program can ask for the counts over the socket whose fd
  * is in VITEST_NETNS_FD ("attempts\n" -> lines, then "end\n"), and so can
  * the caller over --control-fd N, a socket it passed in (the program does
  * not inherit that one).
+ *
+ * --hub PID makes the new user namespace a child of PID's user namespace
+ * (an uplink hub, uplink.c, owned by the same user) instead of the caller's:
+ * root there can then configure this sandbox's network namespace without
+ * any privilege on the host. The hub maps the user's id to its 0, so the
+ * sandbox maps the user's id to the hub's 0 ("<uid> 0 1") and files keep
+ * their owner.
  *
  * Process layout (why three processes):
  *   relay (the pid Vitest sees)  -- forwards signals, exits like the program
@@ -48,6 +56,7 @@
 #include <unistd.h>
 
 #include "attempts.h"
+#include "uplink.h"
 
 #define SETUP_FAILED 125
 #define MAX_KEEP 64
@@ -77,6 +86,7 @@ static const char *errno_name(int e) {
   case EUSERS: return "EUSERS";
   case EBUSY: return "EBUSY";
   case ENOTDIR: return "ENOTDIR";
+  case ESRCH: return "ESRCH";
   default: return "E?";
   }
 }
@@ -96,7 +106,8 @@ static void write_file(const char *path, const char *text) {
   close(fd);
 }
 
-static void map_ids(uid_t uid, gid_t gid) {
+/* inner ids are the user's own; outer ones are theirs as seen from the parent namespace. */
+static void map_ids(uid_t uid, gid_t gid, uid_t outer_uid, gid_t outer_gid) {
   char buf[64];
   step = "setgroups";
   int fd = open("/proc/self/setgroups", O_WRONLY | O_CLOEXEC);
@@ -105,10 +116,10 @@ static void map_ids(uid_t uid, gid_t gid) {
     close(fd);
   }
   step = "uid_map";
-  snprintf(buf, sizeof buf, "%u %u 1\n", (unsigned)uid, (unsigned)uid);
+  snprintf(buf, sizeof buf, "%u %u 1\n", (unsigned)uid, (unsigned)outer_uid);
   write_file("/proc/self/uid_map", buf);
   step = "gid_map";
-  snprintf(buf, sizeof buf, "%u %u 1\n", (unsigned)gid, (unsigned)gid);
+  snprintf(buf, sizeof buf, "%u %u 1\n", (unsigned)gid, (unsigned)outer_gid);
   write_file("/proc/self/gid_map", buf);
 }
 
@@ -414,16 +425,41 @@ static int run_relay(pid_t init, int status_fd, int alive_fd, int ctl, int contr
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: netns-launch [--keep /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...\n");
+  fprintf(stderr, "usage: netns-launch [--hub PID] [--keep /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...\n"
+                  "       netns-launch uplink (--root | --hub) --pool A.B.C.D/N [--state-dir DIR]\n");
   _exit(2);
 }
 
+/*
+ * Enter the hub's user namespace (we own it, so setns needs no privilege).
+ * Inside it our ids read as 0, which the caller's id maps must account for.
+ */
+static void enter_hub(const char *pid) {
+  char path[64];
+  step = "hub";
+  snprintf(path, sizeof path, "/proc/%s/ns/user", pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) die(path);
+  if (setns(fd, CLONE_NEWUSER) < 0) die("setns into the hub's user namespace");
+  close(fd);
+}
+
+static int is_pid(const char *s) {
+  char *end;
+  long v = strtol(s, &end, 10);
+  return *s >= '0' && *s <= '9' && *end == '\0' && v > 0 && v < (1L << 22) + 1;
+}
+
 int main(int argc, char **argv) {
-  const char *tmp_size = NULL;
+  if (argc > 1 && strcmp(argv[1], "uplink") == 0) return uplink_main(argc - 1, argv + 1);
+  const char *tmp_size = NULL, *hub = NULL;
   int noexec = 0, probe = 0, record = 0, control = -1, i;
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--") == 0) { i++; break; }
-    if (strcmp(argv[i], "--keep") == 0 && i + 1 < argc) {
+    if (strcmp(argv[i], "--hub") == 0 && i + 1 < argc) {
+      hub = argv[++i];
+      if (!is_pid(hub)) usage();
+    } else if (strcmp(argv[i], "--keep") == 0 && i + 1 < argc) {
       const char *p = argv[++i];
       if (strncmp(p, "/tmp/", 5) != 0 || strstr(p, "/../") || keep_count == MAX_KEEP) usage();
       keep_paths[keep_count++] = p;
@@ -452,9 +488,18 @@ int main(int argc, char **argv) {
   prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   if (getppid() != parent) _exit(SETUP_FAILED);
 
+  /* Our ids as the parent user namespace of the sandbox sees them. */
+  uid_t outer_uid = uid;
+  gid_t outer_gid = gid;
+  if (hub) {
+    enter_hub(hub);
+    outer_uid = 0;
+    outer_gid = 0;
+  }
+
   step = "unshare";
   if (unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID) < 0) die("user, net, mount and pid namespaces");
-  map_ids(uid, gid);
+  map_ids(uid, gid, outer_uid, outer_gid);
   loopback_up();
   /* Without recording, no route leaves the namespace: connect() fails with ENETUNREACH. */
   int ctl[2] = {-1, -1};

@@ -103,6 +103,6 @@ test('one line at the start says how many files run in namespaces, and how', asy
   const run = await runFixture('diagnostics', { args: ['test/strict.test.ts', 'test/tmp.test.ts'] })
   const mode = process.getuid?.() === 0 ? 'root' : 'rootless'
   expect(run.stdout, failures(run)).toContain(
-    `vitest-environment-netns: 2 of 2 test files run in their own namespaces (${mode} mode, native launcher, outside attempts recorded, uplink mechanism: `,
+    `vitest-environment-netns: 2 of 2 test files run in their own namespaces (${mode} mode, native launcher, outside attempts recorded, uplinks: ${mode === 'root' ? 'veth in the host namespace' : 'hub namespace'}`,
   )
 })

@@ -32,6 +32,9 @@ describe('bad plugin options fail when the config loads, naming the option', () 
     ['an unknown option', { bogus: 1 }],
     ['onUnsupported not error/skip', { onUnsupported: 'maybe' }],
     ['a negative tmpSize', { tmpSize: -1 }],
+    ['an uplink pool that does not parse', { uplink: { pool: '10.200.0.0' + '/33' } }],
+    ['an unknown uplink option', { uplink: { size: 4 } }],
+    ['uplink.egressVia not a helper', { uplink: { egressVia: 'vpn' } }],
   ])('%s', async (_what, options) => {
     let expected = ''
     try {

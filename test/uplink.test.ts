@@ -1,0 +1,220 @@
+// Outside-in: per-test uplinks. Real Vitest runs of fixtures/uplink, whose
+// global setup starts two real Redis servers and a prober on the host's
+// loopback and a fake upstream network (198.51.100.0/24) hung off the
+// uplinks' outer namespace. Everything stays on this machine.
+import type { ChildProcess } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { join } from 'node:path'
+import { describe, expect, test } from 'vitest'
+import { failures, runFixture, type RunOptions, type RunResult } from './helpers'
+import { waitFor, waitUntilGone } from './leftovers'
+
+const root = process.getuid?.() === 0
+// The fixture's pool (fixtures/uplink/vitest.config.ts): the doctor's test may make uplinks of its own meanwhile, from 10.200.0.0/16.
+const POOL = /^10\.213\.\d+\.\d+$/
+const POOL_IDS = [(10 * 2 ** 24 + 213 * 2 ** 16) / 4, (10 * 2 ** 24 + 214 * 2 ** 16) / 4]
+
+function run(options: RunOptions & { include?: string } = {}): Promise<RunResult> {
+  return runFixture('uplink', { timeoutMs: 90_000, ...options, env: { NETNS_INCLUDE: options.include, ...options.env } })
+}
+
+/** Outer uplink interfaces in the host's namespace (root mode puts them there). */
+function hostUplinkLinks(): string[] {
+  return execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' })
+    .split('\n')
+    .map((line) => /^\d+: ([^:@]+)/.exec(line)?.[1])
+    .filter((name): name is string => !!name && /^vn\d+$/.test(name))
+    .filter((name) => Number(name.slice(2)) >= POOL_IDS[0]! && Number(name.slice(2)) < POOL_IDS[1]!)
+}
+
+/** Root mode: uplink tables whose helper is gone (a live one may belong to another test's run). */
+function uplinkTables(): string[] {
+  if (!root) return []
+  return execFileSync('nft', ['list', 'tables'], { encoding: 'utf8' })
+    .split('\n')
+    .filter((line) => {
+      const pid = /vitest_netns_uplink_(\d+)/.exec(line)?.[1]
+      return pid !== undefined && !existsSync(`/proc/${pid}`)
+    })
+}
+
+function sameSlash30(a: string, b: string): boolean {
+  const n = (ip: string) => ip.split('.').reduce((acc, part) => acc * 256 + Number(part), 0)
+  return Math.floor(n(a) / 4) === Math.floor(n(b) / 4)
+}
+
+async function expectNothingLeft(result: RunResult, recordDir: string) {
+  const left = await waitUntilGone(recordDir, 10_000)
+  expect(left.map((p) => `${p.pid} ${p.comm}`), 'processes of the run (hub, helper, pasta, redis, sandboxes)').toEqual([])
+  // A veth goes with its sandbox's namespace, which the kernel frees asynchronously: wait a little.
+  for (let i = 0; i < 50 && hostUplinkLinks().length; i++) await new Promise((resolve) => setTimeout(resolve, 100))
+  expect(hostUplinkLinks(), 'uplink interfaces left in the host namespace').toEqual([])
+  expect(uplinkTables(), 'nft tables left').toEqual([])
+  void result
+}
+
+describe('the uplink fixture', () => {
+  test('host services, forwards and egress, each only as asked', async () => {
+    const forwardingBefore = readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8')
+    let recordDir = ''
+    const result = await run({ onSpawn: (_, info) => (recordDir = info.recordDir) })
+    expect(result.code, failures(result)).toBe(0)
+    expect(result.stdout).toMatch(root ? /uplinks: veth in the host namespace/ : /uplinks: hub namespace/)
+    const { hostService, afterHostService, forward, afterForward, badPorts, egressNone, egressAllow, egressNat } = result.records
+
+    // hostService: a real Redis on the host's loopback, through the gateway.
+    expect(hostService.uplink.interface).toBe('eth0')
+    expect(hostService.uplink.address).toMatch(POOL)
+    expect(sameSlash30(hostService.uplink.address, hostService.uplink.gateway)).toBe(true)
+    expect(hostService.service.host).toBe(hostService.uplink.gateway)
+    expect(hostService.set.reply).toBe('+OK')
+    expect(hostService.get.reply).toBe('works')
+    expect(hostService.aliasPing.reply).toBe('+PONG')
+    expect(hostService.alias.port).toBe(16379)
+    expect(hostService.routes).toMatch(/^eth0\s+00000000\s/m)
+    // The other Redis was not asked for: refused at once, through the gateway and on the sandbox's own loopback.
+    expect(hostService.otherViaGateway.error).toBe('ECONNREFUSED')
+    expect(hostService.otherViaGateway.ms).toBeLessThan(1000)
+    expect(hostService.otherOnLoopback.error).toBe('ECONNREFUSED')
+
+    // Down after the test: the next test of the same file is offline again.
+    expect(afterHostService.gateway).toBe(hostService.uplink.gateway)
+    expect(afterHostService.viaGateway.reply).toBeUndefined()
+    expect(afterHostService.viaGateway.ms).toBeLessThan(1000)
+    expect(afterHostService.routes).not.toMatch(/^eth0/m)
+
+    // forward: a host-side client (the prober) reaches a server inside the test.
+    expect(forward.forward.host).toBe('127.0.0.1')
+    expect(forward.viaHost.reply).toMatch(/^ok inside saw /)
+    expect(forward.chosen).toEqual({ host: '127.0.0.1', port: expect.any(Number) })
+    expect(forward.taken.error).toMatch(/host port \d+ is in use/)
+    expect(afterForward.prober.error).toBe('ECONNREFUSED')
+    expect(badPorts.zero).toMatch(/uplink\.forward\(0\): the port must be a whole number from 1 to 65535; got 0/)
+    expect(badPorts.tooHigh).toMatch(/from 1 to 65535; got 65536/)
+    expect(badPorts.fraction).toMatch(/hostService\(80\.5\).*from 1 to 65535/)
+    expect(badPorts.hostPort).toMatch(/hostPort.*got -1/)
+    expect(badPorts.protocol).toMatch(/protocol must be 'tcp' or 'udp'; got "sctp"/)
+
+    // egress: none by default; an allow-list opens one port; 'nat' opens all. The upstream sees the masqueraded source.
+    expect(egressNone.a.reply).toBeUndefined()
+    expect(egressNone.a.ms).toBeLessThan(1000)
+    expect(egressAllow.allowed.reply).toBe('198.51.100.1 8080')
+    expect(egressAllow.other.reply).toBeUndefined()
+    expect(egressAllow.other.ms).toBeLessThan(1000)
+    expect(egressNat.a.reply).toBe('198.51.100.1 8080')
+    expect(egressNat.b.reply).toBe('198.51.100.1 8081')
+
+    await expectNothingLeft(result, recordDir)
+    expect(readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8'), 'the global ip_forward is never changed').toBe(forwardingBefore)
+  })
+
+  test('bad uplink options fail the test with the fix', async () => {
+    const result = await run({ include: 'test/bad-options.test.ts', env: { NETNS_NO_UPSTREAM: '1' } })
+    expect(result.code).not.toBe(0)
+    const messages = Object.fromEntries(
+      result.report!.testResults.flatMap((file) => file.assertionResults.map((t) => [t.title, t.failureMessages.join('\n')])),
+    )
+    expect(messages['host name in allow']).toMatch(/allow-list entry "example\.com:443" does not parse \(host names cannot be resolved in the sandbox: give addresses\); accepted forms/)
+    expect(messages['host bits in allow']).toMatch(/allow-list entry "198\.51\.100\.7\/24" does not parse/)
+    expect(messages['allow with egress none']).toMatch(/'allow' lists egress destinations: it needs egress: 'nat'/)
+    expect(messages['misspelt option']).toMatch(/unknown uplink option 'egres'; known: egress, allow/)
+  })
+
+  test('a test that times out still takes its uplink down', async () => {
+    const result = await run({ include: 'test/timeout.test.ts', env: { NETNS_NO_UPSTREAM: '1' } })
+    expect(result.code).not.toBe(0)
+    expect(failures(result)).toMatch(/Test timed out in 500ms/)
+    const { afterTimeout } = result.records
+    expect(afterTimeout.gateway).toMatch(POOL)
+    expect(afterTimeout.viaGateway.reply).toBeUndefined()
+    expect(afterTimeout.viaGateway.ms).toBeLessThan(1000)
+    expect(afterTimeout.routes).not.toMatch(/^eth0/m)
+  })
+
+  test('files at the same time get their own subnets and cannot reach each other', async () => {
+    const result = await run({ include: 'test/parallel-*.test.ts', env: { NETNS_NO_UPSTREAM: '1' } })
+    expect(result.code, failures(result)).toBe(0)
+    const a = result.records['parallel-a']
+    const b = result.records['parallel-b']
+    expect(a.net).not.toBe(b.net)
+    expect(sameSlash30(a.address, b.address)).toBe(false)
+    expect(result.records['parallel-a-reach'].reply).toBeUndefined()
+  })
+
+  test('two Vitest runs at once never share a subnet or an interface', async () => {
+    const runs = await Promise.all([0, 1].map(() => run({ include: 'test/parallel-*.test.ts', env: { NETNS_NO_UPSTREAM: '1' } })))
+    const addresses = runs.flatMap((r) => [r.records['parallel-a'].address, r.records['parallel-b'].address])
+    for (const r of runs) expect(r.code, failures(r)).toBe(0)
+    const blocks = new Set(addresses.map((address: string) => address.split('.').slice(0, 3).join('.') + '.' + (Number(address.split('.')[3]) >> 2)))
+    if (root) expect(blocks.size, `addresses ${addresses.join(', ')}`).toBe(4)
+    // Rootless runs each have a hub of their own: the same subnet in two hubs is no clash.
+    else expect(new Set(runs.flatMap((r) => [r.records['parallel-a'].address])).size).toBeGreaterThan(0)
+  })
+
+  test('SIGKILL of Vitest while a test holds an uplink leaves nothing', async () => {
+    let recordDir = ''
+    let holding: { forward: { port: number } } | undefined
+    const result = await run({
+      include: 'test/hold.test.ts',
+      env: { NETNS_NO_UPSTREAM: '1' },
+      onSpawn: (child: ChildProcess, info) => {
+        recordDir = info.recordDir
+        void waitFor('the holding record', () => {
+          const file = join(recordDir, 'holding.record.json')
+          if (child.exitCode !== null || child.signalCode !== null) throw new Error('Vitest exited first')
+          return existsSync(file) ? file : undefined
+        }, 60_000).then((file) => {
+          holding = JSON.parse(readFileSync(file, 'utf8'))
+          child.kill('SIGKILL')
+        })
+      },
+    })
+    expect(result.signal).toBe('SIGKILL')
+    expect(holding?.forward.port).toBeGreaterThan(0)
+    await expectNothingLeft(result, recordDir)
+    // The forward's host port is free again.
+    await new Promise<void>((resolve, reject) => {
+      const server = createServer().once('error', reject).listen(holding!.forward.port, '127.0.0.1', () => server.close(() => resolve()))
+    })
+  })
+})
+
+describe('bad uplink pools stop Vitest before any test runs', () => {
+  const hostNetwork = (() => {
+    const text = execFileSync('ip', ['-o', '-4', 'addr', 'show', 'scope', 'global'], { encoding: 'utf8' })
+    const match = /inet (\d+\.\d+\.\d+)\.\d+\/24/.exec(text)
+    return match ? `${match[1]}.0/24` : undefined
+  })()
+
+  const cases: Array<[string, RegExp]> = [
+    ['10.200.0.1/16', /option 'uplink\.pool' must be an IPv4 block written as a\.b\.c\.d\/n with n at most 30 and no host bits set/],
+    ['10.200.0.0/31', /n at most 30/],
+    ['10.200.0.0/30', /has room for 1 uplink \(one \/30 each\), fewer than maxWorkers \(4\)\. Give a larger pool \(a \/28 or wider\)/],
+  ]
+  if (hostNetwork) cases.push([hostNetwork, new RegExp(`overlaps this host's network ${hostNetwork.replace(/\./g, '\\.')}.*Choose a free block`)])
+  test.each(cases)('pool %s', async (pool, message) => {
+    const result = await run({ args: ['--config', 'vitest.bad-pool.config.ts'], env: { NETNS_BAD_POOL: pool, NETNS_NO_UPSTREAM: '1' } })
+    expect(result.code).not.toBe(0)
+    expect(result.stdout + result.stderr).toMatch(message)
+    expect(result.records['parallel-a'], 'no test ran').toBeUndefined()
+  })
+})
+
+describe('rootless egress past the machine', () => {
+  test.skipIf(root)('says why it is unavailable, and addresses the hub routes still work', async () => {
+    let tunUsable = true
+    try {
+      readFileSync('/dev/net/tun', { flag: 'r+' } as never)
+    } catch (error) {
+      tunUsable = !['EACCES', 'EPERM', 'ENOENT'].includes((error as NodeJS.ErrnoException).code!)
+    }
+    const result = await run({ include: 'test/egress.test.ts', env: { NETNS_EGRESS_VIA: 'auto' } })
+    expect(result.code, failures(result)).toBe(0)
+    const output = result.stdout + result.stderr
+    if (tunUsable) expect(output).not.toMatch(/egress beyond this machine/)
+    else expect(output).toMatch(/uplink: egress beyond this machine needs pasta, but \/dev\/net\/tun cannot be opened by this user \(EACCES; it is usually mode 0666: chmod 0666 \/dev\/net\/tun/)
+    expect(result.records.egressNat.a.reply).toBe('198.51.100.1 8080')
+  })
+})
