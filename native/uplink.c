@@ -1462,6 +1462,8 @@ int uplink_main(int argc, char **argv) {
     return 2;
   }
   hub_mode = hub;
+  /* Named apart from sandbox launchers in ps (and in tests looking for a sandbox's relay). */
+  prctl(PR_SET_NAME, "netns-uplink", 0, 0, 0);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_signal; /* no SA_RESTART: a signal wakes the loop */
@@ -1488,6 +1490,7 @@ int uplink_main(int argc, char **argv) {
     }
     close(pair[0]);
     factory = pair[1];
+    prctl(PR_SET_NAME, "netns-hub", 0, 0, 0);
     prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
     if (getppid() == 1) return 1;
     int status = become_hub(uid, gid);

@@ -13,7 +13,7 @@
 // space) and host ports (bound sockets) are unique by kernel rules, which is
 // the lock between two runs at once.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { readFileSync, readlinkSync } from 'node:fs'
+import { existsSync, readFileSync, readlinkSync } from 'node:fs'
 import { networkInterfaces } from 'node:os'
 import { createInterface } from 'node:readline'
 import { nativeLauncherPath, findTool } from './launcher.js'
@@ -105,6 +105,12 @@ export class UplinkDaemon {
   }
 
   static async start(mode: UplinkMode, options: ResolvedUplinkOptions): Promise<UplinkDaemon> {
+    if (!existsSync(nativeLauncherPath)) {
+      throw new UplinkError(
+        `uplinks need the native helper ${nativeLauncherPath}, which was not built. Install a C compiler ` +
+          '(Debian/Ubuntu: apt-get install gcc libc6-dev) and run npm rebuild vitest-environment-netns.',
+      )
+    }
     const child = spawn(nativeLauncherPath, ['uplink', mode === 'root' ? '--root' : '--hub', '--pool', options.pool], {
       stdio: ['pipe', 'pipe', 'pipe'],
     })

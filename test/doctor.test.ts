@@ -21,6 +21,8 @@ describe('on this machine', () => {
     expect(run.stdout).toMatch(/^ {2}user, net, mount, pid namespaces +ok +tried: works$/m)
     expect(run.stdout).toMatch(/^ {2}loopback up +ok/m)
     expect(run.stdout).toMatch(/^ {2}outside attempts recorded \(nf_tables\) +ok/m)
+    // Tried for real: a helper of its own gave a throwaway sandbox an uplink.
+    expect(run.stdout).toMatch(process.getuid?.() === 0 ? /^ {2}uplinks +ok +tried: veth into a sandbox, rules in the host namespace$/m : /^ {2}uplinks +ok +tried: hub namespace, veth into a sandbox$/m)
     expect(run.stdout).toContain(`${process.getuid?.() === 0 ? 'root' : 'rootless'} mode`)
     expect(run.stdout).toContain('netns test files can run here.')
   })
@@ -49,6 +51,7 @@ describe('in blocked environments', () => {
     expect(run.code, run.stdout + run.stderr).toBe(1)
     expect(run.stdout).toMatch(/user, net, mount, pid namespaces +BLOCKED +a seccomp filter refuses unshare\(\)/)
     expect(run.stdout).toMatch(/uid\/gid maps +- +not tried/)
+    expect(run.stdout).toMatch(/uplinks +- +not tried: the sandbox cannot be set up/)
     expect(run.stdout).toContain("--security-opt seccomp=unconfined --security-opt apparmor=unconfined")
     expect(run.stdout).toContain('netns test files cannot run here')
     expect(JSON.parse(doctor(['--json'], [denyUserns]).stdout).ok).toBe(false)

@@ -62,7 +62,7 @@ describe('the uplink fixture', () => {
     const result = await run({ onSpawn: (_, info) => (recordDir = info.recordDir) })
     expect(result.code, failures(result)).toBe(0)
     expect(result.stdout).toMatch(root ? /uplinks: veth in the host namespace/ : /uplinks: hub namespace/)
-    const { hostService, afterHostService, forward, afterForward, badPorts, egressNone, egressAllow, egressNat } = result.records
+    const { hostService, afterHostService, forward, afterForward, badPorts, egressNone, egressAllow, egressNat, udp } = result.records
 
     // hostService: a real Redis on the host's loopback, through the gateway.
     expect(hostService.uplink.interface).toBe('eth0')
@@ -106,8 +106,33 @@ describe('the uplink fixture', () => {
     expect(egressNat.a.reply).toBe('198.51.100.1 8080')
     expect(egressNat.b.reply).toBe('198.51.100.1 8081')
 
+    // UDP: kernel DNAT as root (the echo server sees a loopback client); the rootless hub relays TCP only.
+    if (root) {
+      expect(udp.hostService.reply).toBe('echo hello from the test from 127.0.0.1')
+      expect(udp.forward.viaHost.reply).toBe('ok inside got hello from the host')
+    } else {
+      expect(udp.hostService.error).toMatch(/hostservice: EPROTONOSUPPORT: rootless uplinks relay TCP only/)
+      expect(udp.forward.error).toMatch(/forward: EPROTONOSUPPORT: rootless uplinks relay TCP only/)
+    }
+
     await expectNothingLeft(result, recordDir)
     expect(readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8'), 'the global ip_forward is never changed').toBe(forwardingBefore)
+  })
+
+  test('the util-linux launcher gives the same uplink', async () => {
+    const result = await run({ include: 'test/host-service.test.ts', env: { NETNS_LAUNCHER: 'shell', NETNS_NO_UPSTREAM: '1' } })
+    expect(result.code, failures(result)).toBe(0)
+    expect(result.stdout).toMatch(/shell launcher/)
+    expect(result.records.hostService.get.reply).toBe('works')
+    expect(result.records.hostService.otherViaGateway.error).toBe('ECONNREFUSED')
+    expect(result.records.afterHostService.viaGateway.reply).toBeUndefined()
+  })
+
+  test('with uplink: false, a test asking for one fails saying uplinks are off', async () => {
+    const result = await run({ args: ['--config', 'vitest.off.config.ts'], env: { NETNS_NO_UPSTREAM: '1' } })
+    expect(result.code).not.toBe(0)
+    expect(failures(result)).toMatch(/uplinks are off in this run: the netns\(\) plugin has uplink: false/)
+    expect(result.stdout).toMatch(/uplinks: off/)
   })
 
   test('bad uplink options fail the test with the fix', async () => {
