@@ -677,7 +677,19 @@ static int delete_table(const char *name) {
   return batch_send(&m, 0, NULL, 0);
 }
 
-static int pid_alive(long pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
+/* A killed helper may stay a zombie for a while (its parent died too): that is dead enough. */
+static int pid_alive(long pid) {
+  char path[64], stat[256];
+  snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (pid <= 0 || fd < 0) return 0;
+  ssize_t n = read(fd, stat, sizeof stat - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  stat[n] = '\0';
+  const char *state = strrchr(stat, ')'); /* "pid (comm) S ..." */
+  return state && state[1] == ' ' && state[2] != 'Z' && state[2] != 'X';
+}
 
 /* Root: tables of earlier runs whose helper is gone (only without the owner flag can there be any). */
 static void reclaim_tables(void) {

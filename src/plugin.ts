@@ -12,7 +12,7 @@ import { pruneRuns } from './keep-tmp.js'
 import { findTool, LauncherUnavailableError, nodePrefix, packageRoot, pathsToKeep, planLauncher, probe, type LaunchPlan, type ProbeResult } from './launcher.js'
 import { cidrSize, formatCidr, overlaps, parseCidr } from './ipv4.js'
 import { createNetnsPool, ENVIRONMENT_NAME, POOL_NAME, type ProjectPlan } from './pool.js'
-import { hostNetworks, registerUplinkHost } from './uplink-host.js'
+import { hostNetworks, registerUplinkHost, tunProblem, uplinkDaemon } from './uplink-host.js'
 
 export type { NetnsOptions } from './config.js'
 
@@ -98,6 +98,8 @@ function planUplink(options: ResolvedNetnsOptions, mode: 'root' | 'rootless', ma
     )
   }
   registerUplinkHost(mode, options.uplink)
+  // Rootless: every sandbox is made inside the hub, so start it now, while Vitest starts up, not before the first worker.
+  if (mode === 'rootless') uplinkDaemon(mode, options.uplink).catch(() => undefined)
   return { mode, options: options.uplink }
 }
 
@@ -106,7 +108,9 @@ function uplinkMechanism(mode: 'root' | 'rootless', options: ResolvedNetnsOption
   if (mode === 'root') return 'veth in the host namespace, kernel NAT'
   const via = options.uplink ? options.uplink.egressVia : 'none'
   const helper = via === 'none' ? undefined : via !== 'slirp4netns' && findTool('pasta') ? 'pasta' : via !== 'pasta' && findTool('slirp4netns') ? 'slirp4netns' : undefined
-  return `hub namespace, host services and forwards relayed by the hub; egress past this machine ${helper ? `via ${helper}` : via === 'none' ? 'off' : 'unavailable (install passt)'}`
+  const tun = helper ? tunProblem() : undefined
+  const egress = helper ? (tun ? `unavailable (/dev/net/tun cannot be opened)` : `via ${helper}`) : via === 'none' ? 'off' : 'unavailable (install passt)'
+  return `hub namespace, host services and forwards relayed by the hub; egress past this machine ${egress}`
 }
 
 /** The environment a file will run in, as Vitest decides it: a docblock first, then the project's config. */

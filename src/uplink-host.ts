@@ -195,7 +195,7 @@ export class UplinkDaemon {
 }
 
 /** Whether /dev/net/tun can be opened by this user: pasta and slirp4netns need it. */
-function tunProblem(): string | undefined {
+export function tunProblem(): string | undefined {
   try {
     readFileSync('/dev/net/tun', { flag: 'r+' } as never)
     return undefined
@@ -287,6 +287,7 @@ export class UplinkSession {
   private users = 0
   private warned = false
   private released = false
+  private queue: Promise<unknown> = Promise.resolve()
 
   constructor(
     private readonly daemon: () => Promise<UplinkDaemon>,
@@ -294,7 +295,14 @@ export class UplinkSession {
     private readonly warn: (message: string) => void,
   ) {}
 
-  async handle(request: UplinkRequest): Promise<UplinkReply> {
+  /** One request at a time per worker: two tests attaching at once must share one uplink, not race for two. */
+  handle(request: UplinkRequest): Promise<UplinkReply> {
+    const result = this.queue.then(() => this.handleNow(request))
+    this.queue = result.catch(() => undefined)
+    return result
+  }
+
+  private async handleNow(request: UplinkRequest): Promise<UplinkReply> {
     const daemon = await this.daemon()
     switch (request.op) {
       case 'attach':

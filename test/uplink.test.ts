@@ -9,7 +9,7 @@ import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
 import { failures, runFixture, type RunOptions, type RunResult } from './helpers'
-import { waitFor, waitUntilGone } from './leftovers'
+import { processesOfRun, waitFor, waitUntilGone } from './leftovers'
 
 const root = process.getuid?.() === 0
 // The fixture's pool (fixtures/uplink/vitest.config.ts): the doctor's test may make uplinks of its own meanwhile, from 10.200.0.0/16.
@@ -62,7 +62,7 @@ describe('the uplink fixture', () => {
     const result = await run({ onSpawn: (_, info) => (recordDir = info.recordDir) })
     expect(result.code, failures(result)).toBe(0)
     expect(result.stdout).toMatch(root ? /uplinks: veth in the host namespace/ : /uplinks: hub namespace/)
-    const { hostService, afterHostService, forward, afterForward, badPorts, egressNone, egressAllow, egressNat, udp } = result.records
+    const { hostService, afterHostService, forward, afterForward, badPorts, egressNone, egressAllow, egressNat, udp, concurrent } = result.records
 
     // hostService: a real Redis on the host's loopback, through the gateway.
     expect(hostService.uplink.interface).toBe('eth0')
@@ -114,6 +114,12 @@ describe('the uplink fixture', () => {
       expect(udp.hostService.error).toMatch(/hostservice: EPROTONOSUPPORT: rootless uplinks relay TCP only/)
       expect(udp.forward.error).toMatch(/forward: EPROTONOSUPPORT: rootless uplinks relay TCP only/)
     }
+
+    // Two tests of one file at once share its uplink; it stays up until the last one ends.
+    expect(concurrent.one).toMatch(POOL)
+    expect(concurrent.two).toBe(concurrent.one)
+    expect(concurrent['two-routes']).toMatch(/^eth0\s+00000000\s/m)
+    expect(concurrent.after).not.toMatch(/^eth0/m)
 
     await expectNothingLeft(result, recordDir)
     expect(readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8'), 'the global ip_forward is never changed').toBe(forwardingBefore)
@@ -178,6 +184,19 @@ describe('the uplink fixture', () => {
     else expect(new Set(runs.flatMap((r) => [r.records['parallel-a'].address])).size).toBeGreaterThan(0)
   })
 
+  test('a worker killed while its test holds an uplink and a forward leaves nothing', async () => {
+    let recordDir = ''
+    const result = await run({ include: 'test/crash.test.ts', env: { NETNS_NO_UPSTREAM: '1' }, onSpawn: (_, info) => (recordDir = info.recordDir) })
+    expect(result.code).not.toBe(0)
+    expect(result.stdout + result.stderr).toContain('Worker exited unexpectedly')
+    const { crash } = result.records
+    expect(crash.address).toMatch(POOL)
+    await expectNothingLeft(result, recordDir)
+    await new Promise<void>((resolve, reject) => {
+      const server = createServer().once('error', reject).listen(crash.forward.port, '127.0.0.1', () => server.close(() => resolve()))
+    })
+  })
+
   test('SIGKILL of Vitest while a test holds an uplink leaves nothing', async () => {
     let recordDir = ''
     let holding: { forward: { port: number } } | undefined
@@ -203,6 +222,50 @@ describe('the uplink fixture', () => {
     await new Promise<void>((resolve, reject) => {
       const server = createServer().once('error', reject).listen(holding!.forward.port, '127.0.0.1', () => server.close(() => resolve()))
     })
+  })
+})
+
+describe('a killed helper', () => {
+  // Root only: egress turns forwarding on for the interface routing to the destination; if the
+  // helper is SIGKILLed it cannot turn it back, so the next run does, from /run/vitest-netns.
+  test.skipIf(!root)('leaves forwarding changed, and the next run puts it back', async () => {
+    const ifname = `rc${process.pid}`.slice(0, 15)
+    const forwarding = () => readFileSync(`/proc/sys/net/ipv4/conf/${ifname}/forwarding`, 'utf8').trim()
+    // A host-local interface for 203.0.113.0/24 (its peer stays down: nothing is ever sent).
+    execFileSync('ip', ['link', 'add', ifname, 'type', 'veth', 'peer', 'name', `${ifname}p`])
+    try {
+      execFileSync('ip', ['addr', 'add', '203.0.113.1/24', 'dev', ifname])
+      execFileSync('ip', ['link', 'set', ifname, 'up'])
+      expect(forwarding()).toBe('0')
+      let helperPid = 0
+      const result = await run({
+        include: 'test/hold-egress.test.ts',
+        env: { NETNS_NO_UPSTREAM: '1' },
+        onSpawn: (child: ChildProcess, info) => {
+          void waitFor('the holding record', () => {
+            if (child.exitCode !== null || child.signalCode !== null) throw new Error('Vitest exited first')
+            return existsSync(join(info.recordDir, 'holdingEgress.record.json')) || undefined
+          }, 60_000).then(() => {
+            expect(forwarding(), 'forwarding on while the egress uplink is up').toBe('1')
+            helperPid = processesOfRun(info.recordDir).find((p) => p.comm === 'netns-uplink')!.pid
+            process.kill(helperPid, 'SIGKILL')
+            child.kill('SIGKILL')
+          })
+        },
+      })
+      expect(result.signal).toBe('SIGKILL')
+      expect(helperPid).toBeGreaterThan(0)
+      expect(forwarding(), 'a SIGKILLed helper cannot restore it').toBe('1')
+      expect(existsSync(`/run/vitest-netns/forwarding.${helperPid}`)).toBe(true)
+      expect(uplinkTables(), 'the table went with the helper (owner flag)').toEqual([])
+      // Any later run's helper reclaims it.
+      const next = await run({ include: 'test/parallel-*.test.ts', env: { NETNS_NO_UPSTREAM: '1' } })
+      expect(next.code, failures(next)).toBe(0)
+      expect(forwarding()).toBe('0')
+      expect(existsSync(`/run/vitest-netns/forwarding.${helperPid}`)).toBe(false)
+    } finally {
+      execFileSync('ip', ['link', 'del', ifname])
+    }
   })
 })
 
