@@ -171,16 +171,6 @@ static int build_ruleset(struct msg *m) {
   return m->overflow ? -1 : 0;
 }
 
-static int netfilter_socket(void) {
-  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
-  if (fd < 0) return -1;
-  struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
-  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
 
 /* The first error the kernel reported for the batch, 0 if none. */
 static int batch_errors(int fd) {
@@ -237,7 +227,7 @@ int attempts_setup(const char **why) {
   struct msg m = {buf, 0, sizeof buf, 0};
   *why = "nf_tables";
   if (build_ruleset(&m) < 0) return ENOBUFS;
-  int fd = netfilter_socket();
+  int fd = netlink_socket(NETLINK_NETFILTER);
   if (fd < 0) return errno;
   int err = send(fd, buf, m.len, 0) < 0 ? errno : batch_errors(fd);
   close(fd);
@@ -309,7 +299,7 @@ static size_t dump_set(int fd, const char *set, int v6, char *out, size_t room) 
 }
 
 size_t attempts_dump(char *out, size_t room) {
-  int fd = netfilter_socket();
+  int fd = netlink_socket(NETLINK_NETFILTER);
   if (fd < 0) return 0;
   size_t used = dump_set(fd, "out4", 0, out, room);
   used += dump_set(fd, "out6", 1, out + used, room - used);

@@ -18,6 +18,8 @@
 #include <linux/netlink.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 struct msg {
   char *buf;
@@ -199,6 +201,18 @@ static inline void dnat(struct msg *m, uint32_t addr_reg, uint32_t port_reg) {
 static inline void masquerade(struct msg *m) {
   struct expr e = expr_begin(m, "masq");
   expr_end(m, e);
+}
+
+/* A bound netlink socket of `protocol` (NETLINK_ROUTE, NETLINK_NETFILTER) in the current network namespace. */
+static inline int netlink_socket(int protocol) {
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol);
+  if (fd < 0) return -1;
+  struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
 }
 
 /* ---- reading replies ---- */

@@ -253,19 +253,12 @@ static int parse_cidr(const char *text, uint32_t *base, uint32_t *prefix) {
 
 /* ---- rtnetlink ---- */
 
-static int netlink_socket(int protocol) {
-  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol);
-  if (fd < 0) return -1;
-  struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
-  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-/* Sends one request with NLM_F_ACK and waits for its answer: 0 or an errno. */
-static int rt_call(int fd, struct msg *m) {
+/*
+ * Sends one request and reads until its answer: an error or ack (returned as
+ * 0 or an errno), or, when `type` is given, the first message of that type,
+ * copied to `reply`.
+ */
+static int rt_request(int fd, struct msg *m, uint16_t type, char *reply, size_t room) {
   if (m->overflow) return ENOBUFS;
   if (send(fd, m->buf, m->len, 0) < 0) return errno;
   uint32_t want = ((struct nlmsghdr *)m->buf)->nlmsg_seq;
@@ -277,11 +270,16 @@ static int rt_call(int fd, struct msg *m) {
       return errno;
     }
     for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
-      if (h->nlmsg_seq != want || h->nlmsg_type != NLMSG_ERROR) continue;
-      return -((struct nlmsgerr *)NLMSG_DATA(h))->error;
+      if (h->nlmsg_seq != want) continue;
+      if (h->nlmsg_type == NLMSG_ERROR) return -((struct nlmsgerr *)NLMSG_DATA(h))->error;
+      if (type && h->nlmsg_type == type && h->nlmsg_len <= room) {
+        memcpy(reply, h, h->nlmsg_len);
+        return 0;
+      }
     }
   }
 }
+static int rt_call(int fd, struct msg *m) { return rt_request(fd, m, 0, NULL, 0); }
 
 static int link_up(int fd, int index, int up) {
   char buf[256];
@@ -355,26 +353,14 @@ static int route_oif(uint32_t addr, char name[IFNAMSIZ]) {
   uint32_t be = ip_be(addr);
   attr(&m, RTA_DST, &be, 4);
   end(&m, h);
-  if (send(rt_fd, buf, m.len, 0) < 0) return errno;
-  char in[8192];
-  for (;;) {
-    ssize_t n = recv(rt_fd, in, sizeof in, 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    for (struct nlmsghdr *r = (struct nlmsghdr *)in; NLMSG_OK(r, (size_t)n); r = NLMSG_NEXT(r, n)) {
-      if (r->nlmsg_seq != seq) continue;
-      if (r->nlmsg_type == NLMSG_ERROR) return -((struct nlmsgerr *)NLMSG_DATA(r))->error ?: ENETUNREACH;
-      if (r->nlmsg_type != RTM_NEWROUTE) continue;
-      size_t len;
-      struct nlattr *a = msg_attrs(r, sizeof(struct rtmsg), &len);
-      struct nlattr *oif = find(a, len, RTA_OIF);
-      if (!oif) return ENETUNREACH;
-      if (!if_indextoname(*(uint32_t *)NLA_PAYLOAD_OF(oif), name)) return errno;
-      return 0;
-    }
-  }
+  char in[4096];
+  int err = rt_request(rt_fd, &m, RTM_NEWROUTE, in, sizeof in);
+  if (err) return err;
+  size_t len;
+  struct nlattr *a = msg_attrs((struct nlmsghdr *)in, sizeof(struct rtmsg), &len);
+  struct nlattr *oif = find(a, len, RTA_OIF);
+  if (!oif) return ENETUNREACH;
+  return if_indextoname(*(uint32_t *)NLA_PAYLOAD_OF(oif), name) ? 0 : errno;
 }
 
 /* ---- nf_tables ---- */
@@ -1099,7 +1085,10 @@ static int cmd_attach(uint32_t id, uint32_t pid, uint32_t base) {
   if ((base & 3) || (pool_prefix && ((base ^ pool_base) >> (32 - pool_prefix)))) return fail("command", EINVAL, "%u is not a /30 of the pool", base);
   struct uplink *u = find_uplink(id);
   if (u && u->pid != (pid_t)pid) return fail("command", EEXIST, "uplink %u belongs to another sandbox", id);
-  if (u && u->attached) return reply("ok"), 0;
+  if (u && u->attached) {
+    reply("ok"); /* a second test of the file joining: nothing to do */
+    return 0;
+  }
   int netns_fd;
   if (open_sandbox_netns(pid, &netns_fd) < 0) return -1;
   char name[IFNAMSIZ];
