@@ -51,6 +51,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -86,7 +87,6 @@ static int nft_fd = -1, rt_fd = -1, own_netns = -1, epoll_fd = -1, factory = -1;
 static struct stat own_net, host_net;
 static uint32_t seq;
 static const char *state_dir = "/run/vitest-netns";
-static char state_file[256];
 static volatile sig_atomic_t stopping;
 
 struct rule {
@@ -709,59 +709,102 @@ static void reclaim_tables(void) {
 
 /* ---- forwarding on egress interfaces (root) ---- */
 
+/*
+ * Replies to egress are only routed if the interface they arrive on
+ * forwards. Several runs may need the same interface at once, so the record
+ * is shared, in the state directory, under a lock:
+ *   orig.<ifname>         the value before the first run that needed it;
+ *   held.<ifname>.<pid>   one per helper that needs it now.
+ * The value goes back when no live helper holds the interface: at the last
+ * release, or, after a helper was killed, when the next helper starts.
+ */
 struct forwarding {
   char ifname[IFNAMSIZ];
-  int original, refs;
+  int refs; /* uplinks of this helper that need it */
 };
 static struct forwarding forwardings[32];
 static int nforwardings;
 
-static void write_state_file(void) {
-  if (!state_file[0]) return;
-  char text[2048] = "";
-  size_t len = 0;
-  for (int i = 0; i < nforwardings; i++)
-    if (forwardings[i].refs > 0 && len < sizeof text - 64)
-      len += (size_t)snprintf(text + len, sizeof text - len, "%s %d\n", forwardings[i].ifname, forwardings[i].original);
-  if (!len) {
-    unlink(state_file);
-    return;
-  }
-  char tmp[300];
-  snprintf(tmp, sizeof tmp, "%s.tmp", state_file);
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return;
-  if (write(fd, text, len) < 0) { /* best effort: the values are restored at exit anyway */ }
-  close(fd);
-  rename(tmp, state_file);
+static int state_lock(void) {
+  char path[300];
+  snprintf(path, sizeof path, "%s/lock", state_dir);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd >= 0) flock(fd, LOCK_EX);
+  return fd;
+}
+static void state_unlock(int fd) {
+  if (fd >= 0) close(fd); /* closing drops the lock */
 }
 
-/* Root: replies to egress are only routed if the interface they arrive on forwards. */
+static void state_path(char *out, size_t room, const char *kind, const char *ifname, long pid) {
+  if (pid) snprintf(out, room, "%s/%s.%.16s.%ld", state_dir, kind, ifname, pid);
+  else snprintf(out, room, "%s/%s.%.16s", state_dir, kind, ifname);
+}
+
+/* Under the lock: forgets dead holders; with none left alive, puts the original value back. */
+static void restore_if_unheld(const char *ifname) {
+  DIR *dir = opendir(state_dir);
+  if (!dir) return;
+  char prefix[64];
+  int held = 0;
+  snprintf(prefix, sizeof prefix, "held.%.16s.", ifname);
+  struct dirent *e;
+  while ((e = readdir(dir))) {
+    if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 || strchr(e->d_name + strlen(prefix), '.')) continue;
+    long pid = atol(e->d_name + strlen(prefix));
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s", state_dir, e->d_name);
+    if (pid_alive(pid)) held = 1;
+    else unlink(path);
+  }
+  closedir(dir);
+  if (held) return;
+  char path[300];
+  state_path(path, sizeof path, "orig", ifname, 0);
+  int value = read_sysctl(path);
+  if (value == 0 || value == 1) if_sysctl(ifname, "forwarding", value ? "1" : "0");
+  unlink(path);
+}
+
 static int forwarding_ref(struct uplink *u, const char *ifname) {
   for (int i = 0; i < u->negress_ifs; i++)
     if (strcmp(u->egress_ifs[i], ifname) == 0) return 0;
   if (u->negress_ifs == 16) return ENOSPC;
   struct forwarding *f = NULL;
-  for (int i = 0; i < nforwardings; i++)
+  for (int i = 0; i < nforwardings && !f; i++)
     if (strcmp(forwardings[i].ifname, ifname) == 0) f = &forwardings[i];
+  for (int i = 0; i < nforwardings && !f; i++)
+    if (forwardings[i].refs == 0) f = &forwardings[i];
   if (!f) {
     if (nforwardings == 32) return ENOSPC;
-    char path[128];
-    snprintf(path, sizeof path, "/proc/sys/net/ipv4/conf/%s/forwarding", ifname);
     f = &forwardings[nforwardings++];
-    snprintf(f->ifname, IFNAMSIZ, "%s", ifname);
-    f->original = read_sysctl(path);
-    f->refs = 0;
   }
-  if (f->refs++ == 0 && f->original == 0) {
+  if (f->refs == 0) {
+    snprintf(f->ifname, IFNAMSIZ, "%s", ifname);
+    char path[300], now[128];
+    int lock = state_lock();
+    state_path(path, sizeof path, "orig", ifname, 0);
+    snprintf(now, sizeof now, "/proc/sys/net/ipv4/conf/%.16s/forwarding", ifname);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644); /* only the first holder records it */
+    if (fd >= 0) {
+      char value[8];
+      int n = snprintf(value, sizeof value, "%d\n", read_sysctl(now));
+      if (write(fd, value, (size_t)n) < 0) { /* then nothing is restored: the value stays on */ }
+      close(fd);
+    }
+    state_path(path, sizeof path, "held", ifname, (long)getpid());
+    fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd >= 0) close(fd);
     int err = if_sysctl(ifname, "forwarding", "1");
     if (err) {
-      f->refs--;
-      return err;
+      unlink(path);
+      restore_if_unheld(ifname);
     }
+    state_unlock(lock);
+    if (err) return err;
   }
+  f->refs++;
   snprintf(u->egress_ifs[u->negress_ifs++], IFNAMSIZ, "%s", ifname);
-  write_state_file();
   return 0;
 }
 
@@ -769,36 +812,31 @@ static void forwarding_unref_all(struct uplink *u) {
   for (int j = 0; j < u->negress_ifs; j++)
     for (int i = 0; i < nforwardings; i++) {
       struct forwarding *f = &forwardings[i];
-      if (strcmp(f->ifname, u->egress_ifs[j]) != 0 || f->refs == 0) continue;
-      if (--f->refs == 0 && f->original == 0) if_sysctl(f->ifname, "forwarding", "0");
+      if (f->refs == 0 || strcmp(f->ifname, u->egress_ifs[j]) != 0 || --f->refs > 0) continue;
+      char path[300];
+      int lock = state_lock();
+      state_path(path, sizeof path, "held", f->ifname, (long)getpid());
+      unlink(path);
+      restore_if_unheld(f->ifname);
+      state_unlock(lock);
     }
-  if (u->negress_ifs) write_state_file();
   u->negress_ifs = 0;
 }
 
-/* Root: forwarding values a killed run left changed. */
+/* Root, at start: values that killed helpers could not put back. */
 static void reclaim_forwarding(void) {
+  int lock = state_lock();
   DIR *dir = opendir(state_dir);
-  if (!dir) return;
-  struct dirent *e;
-  while ((e = readdir(dir))) {
-    if (strncmp(e->d_name, "forwarding.", 11) != 0 || strchr(e->d_name + 11, '.')) continue;
-    long pid = atol(e->d_name + 11);
-    if (pid_alive(pid)) continue;
-    char path[512], line[128];
-    snprintf(path, sizeof path, "%s/%s", state_dir, e->d_name);
-    FILE *f = fopen(path, "re");
-    if (!f) continue;
-    while (fgets(line, sizeof line, f)) {
-      char ifname[IFNAMSIZ + 1];
-      int value;
-      if (sscanf(line, "%16s %d", ifname, &value) == 2 && strchr(ifname, '/') == NULL)
-        if_sysctl(ifname, "forwarding", value ? "1" : "0");
-    }
-    fclose(f);
-    unlink(path);
+  if (dir) {
+    char names[64][IFNAMSIZ];
+    int count = 0;
+    struct dirent *e;
+    while ((e = readdir(dir)) && count < 64)
+      if (strncmp(e->d_name, "orig.", 5) == 0 && strlen(e->d_name + 5) < IFNAMSIZ) snprintf(names[count++], IFNAMSIZ, "%s", e->d_name + 5);
+    closedir(dir);
+    for (int i = 0; i < count; i++) restore_if_unheld(names[i]);
   }
-  closedir(dir);
+  state_unlock(lock);
 }
 
 /* ---- the hub's relay ---- */
@@ -1379,7 +1417,6 @@ static void clean_up(void) {
   for (int i = 0; i < MAX_UPLINKS; i++)
     if (uplinks[i] && uplinks[i]->used) forwarding_unref_all(uplinks[i]);
   if (!hub_mode && nft_fd >= 0) delete_table(table);
-  if (state_file[0]) unlink(state_file);
 }
 
 /* Hub: the process that stays in the host's network namespace and makes sockets there. */
@@ -1501,7 +1538,6 @@ int uplink_main(int argc, char **argv) {
     if (geteuid() != 0) return start_failed("root", EPERM, "--root needs uid 0");
     snprintf(table, sizeof table, "vitest_netns_uplink_%d", (int)getpid());
     if (mkdir(state_dir, 0755) < 0 && errno != EEXIST) return start_failed("state", errno, state_dir);
-    snprintf(state_file, sizeof state_file, "%s/forwarding.%d", state_dir, (int)getpid());
   }
   own_netns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
   if (own_netns < 0 || fstat(own_netns, &own_net) < 0) return start_failed("netns", errno, "/proc/self/ns/net");

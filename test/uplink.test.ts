@@ -14,22 +14,25 @@ import { processesOfRun, waitFor, waitUntilGone } from './leftovers'
 const root = process.getuid?.() === 0
 // The fixture's pool (fixtures/uplink/vitest.config.ts): the doctor's test may make uplinks of its own meanwhile, from 10.200.0.0/16.
 const POOL = /^10\.213\.\d+\.\d+$/
-const POOL_IDS = [(10 * 2 ** 24 + 213 * 2 ** 16) / 4, (10 * 2 ** 24 + 214 * 2 ** 16) / 4]
 
 function run(options: RunOptions & { include?: string } = {}): Promise<RunResult> {
   return runFixture('uplink', { timeoutMs: 90_000, ...options, env: { NETNS_INCLUDE: options.include, ...options.env } })
 }
 
-/** Outer uplink interfaces in the host's namespace (root mode puts them there). */
-function hostUplinkLinks(): string[] {
-  return execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' })
-    .split('\n')
-    .map((line) => /^\d+: ([^:@]+)/.exec(line)?.[1])
-    .filter((name): name is string => !!name && /^vn\d+$/.test(name))
-    .filter((name) => Number(name.slice(2)) >= POOL_IDS[0]! && Number(name.slice(2)) < POOL_IDS[1]!)
+/** The outer interface of the uplink whose test side had `address`: vn<index of its /30>. */
+function outerInterface(address: string): string {
+  const n = address.split('.').reduce((acc, part) => acc * 256 + Number(part), 0)
+  return `vn${Math.floor(n / 4)}`
 }
 
-/** Root mode: uplink tables whose helper is gone (a live one may belong to another test's run). */
+/** Which of these interfaces still exist in the host's namespace (root mode puts outer ends there). */
+function presentLinks(names: string[]): string[] {
+  const all = execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' })
+    .split('\n')
+    .map((line) => /^\d+: ([^:@]+)/.exec(line)?.[1])
+  return names.filter((name) => all.includes(name))
+}
+
 function uplinkTables(): string[] {
   if (!root) return []
   return execFileSync('nft', ['list', 'tables'], { encoding: 'utf8' })
@@ -45,14 +48,20 @@ function sameSlash30(a: string, b: string): boolean {
   return Math.floor(n(a) / 4) === Math.floor(n(b) / 4)
 }
 
+/**
+ * Nothing of the run is left: processes, the outer ends of the uplinks its tests had (other
+ * runs, of other test files or another checkout, may have uplinks of their own meanwhile),
+ * tables of dead helpers.
+ */
 async function expectNothingLeft(result: RunResult, recordDir: string) {
   const left = await waitUntilGone(recordDir, 10_000)
   expect(left.map((p) => `${p.pid} ${p.comm}`), 'processes of the run (hub, helper, pasta, redis, sandboxes)').toEqual([])
+  const addresses = JSON.stringify(result.records).match(/10\.213\.\d+\.\d+/g) ?? []
+  const links = [...new Set(addresses.map(outerInterface))]
   // A veth goes with its sandbox's namespace, which the kernel frees asynchronously: wait a little.
-  for (let i = 0; i < 50 && hostUplinkLinks().length; i++) await new Promise((resolve) => setTimeout(resolve, 100))
-  expect(hostUplinkLinks(), 'uplink interfaces left in the host namespace').toEqual([])
+  for (let i = 0; i < 50 && presentLinks(links).length; i++) await new Promise((resolve) => setTimeout(resolve, 100))
+  expect(presentLinks(links), 'uplink interfaces left in the host namespace').toEqual([])
   expect(uplinkTables(), 'nft tables left').toEqual([])
-  void result
 }
 
 describe('the uplink fixture', () => {
@@ -256,13 +265,61 @@ describe('a killed helper', () => {
       expect(result.signal).toBe('SIGKILL')
       expect(helperPid).toBeGreaterThan(0)
       expect(forwarding(), 'a SIGKILLed helper cannot restore it').toBe('1')
-      expect(existsSync(`/run/vitest-netns/forwarding.${helperPid}`)).toBe(true)
+      expect(readFileSync(`/run/vitest-netns/orig.${ifname}`, 'utf8')).toBe('0\n')
+      expect(existsSync(`/run/vitest-netns/held.${ifname}.${helperPid}`)).toBe(true)
       expect(uplinkTables(), 'the table went with the helper (owner flag)').toEqual([])
       // Any later run's helper reclaims it.
       const next = await run({ include: 'test/parallel-*.test.ts', env: { NETNS_NO_UPSTREAM: '1' } })
       expect(next.code, failures(next)).toBe(0)
       expect(forwarding()).toBe('0')
-      expect(existsSync(`/run/vitest-netns/forwarding.${helperPid}`)).toBe(false)
+      expect(existsSync(`/run/vitest-netns/held.${ifname}.${helperPid}`)).toBe(false)
+      expect(existsSync(`/run/vitest-netns/orig.${ifname}`)).toBe(false)
+    } finally {
+      execFileSync('ip', ['link', 'del', ifname])
+    }
+  })
+})
+
+describe('two root runs needing forwarding on one interface', () => {
+  test.skipIf(!root)('the first to end leaves it on for the other; the last puts it back', async () => {
+    const ifname = `rs${process.pid}`.slice(0, 15)
+    const forwarding = () => readFileSync(`/proc/sys/net/ipv4/conf/${ifname}/forwarding`, 'utf8').trim()
+    execFileSync('ip', ['link', 'add', ifname, 'type', 'veth', 'peer', 'name', `${ifname}p`])
+    try {
+      execFileSync('ip', ['addr', 'add', '203.0.113.1/24', 'dev', ifname])
+      execFileSync('ip', ['link', 'set', ifname, 'up'])
+      // Run A starts first and ends first, while run B, started after it, still needs the interface.
+      let b: ChildProcess | undefined
+      let aHolds: Promise<unknown> | undefined
+      const runA = run({
+        include: 'test/hold-egress.test.ts',
+        env: { NETNS_NO_UPSTREAM: '1', NETNS_HOLD_MS: '3000' },
+        onSpawn: (_, info) => {
+          aHolds = waitFor('run A to hold', () => existsSync(join(info.recordDir, 'holdingEgress.record.json')) || undefined, 60_000)
+        },
+      })
+      await waitFor('run A to start', () => aHolds, 5000)
+      await aHolds
+      let bRecordDir = ''
+      const runB = run({
+        include: 'test/hold-egress.test.ts',
+        env: { NETNS_NO_UPSTREAM: '1', NETNS_HOLD_MS: '60000' },
+        onSpawn: (child: ChildProcess, info) => {
+          b = child
+          bRecordDir = info.recordDir
+        },
+      })
+      await waitFor('run B to hold', () => (bRecordDir && existsSync(join(bRecordDir, 'holdingEgress.record.json'))) || undefined, 60_000)
+      const a = await runA
+      expect(a.code, failures(a)).toBe(0)
+      const afterA = forwarding()
+      b!.kill('SIGTERM')
+      await runB
+      expect(afterA, 'still on for run B, which still needs it').toBe('1')
+      // Run B's helper was the last holder: it puts the value back as it exits.
+      for (let i = 0; i < 50 && forwarding() !== '0'; i++) await new Promise((resolve) => setTimeout(resolve, 100))
+      expect(forwarding()).toBe('0')
+      expect(existsSync(`/run/vitest-netns/orig.${ifname}`)).toBe(false)
     } finally {
       execFileSync('ip', ['link', 'del', ifname])
     }
