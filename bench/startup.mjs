@@ -22,6 +22,7 @@ import os from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { performance } from 'node:perf_hooks'
+import { fmt, median, p90, parseArgs, signed, table } from './lib.mjs'
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..')
 const workDir = join(repoRoot, 'bench', '.work', 'startup')
@@ -32,51 +33,10 @@ const vitestCli = join(repoRoot, 'node_modules', 'vitest', 'vitest.mjs')
 const defaults = { rounds: 5, files: 40, workers: 2, iterations: 50, budget: 900, 'run-timeout': 180 }
 const limits = { rounds: [1, 50], files: [1, 500], workers: [1, 64], iterations: [1, 1000], budget: [10, 7200], 'run-timeout': [5, 1800] }
 
-function parseArgs(argv) {
-  const args = { ...defaults, 'skip-vitest': false, 'skip-raw': false, json: undefined }
-  for (let i = 0; i < argv.length; i++) {
-    const raw = argv[i]
-    if (raw === '--help' || raw === '-h') {
-      console.log(readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(0, 20).join('\n'))
-      process.exit(0)
-    }
-    const m = /^--([a-z-]+)(?:=(.*))?$/.exec(raw)
-    if (!m) throw new Error(`unexpected argument ${raw}`)
-    const [, key, inline] = m
-    if (key === 'skip-vitest' || key === 'skip-raw') { args[key] = true; continue }
-    const value = inline ?? argv[++i]
-    if (value === undefined) throw new Error(`--${key} needs a value`)
-    if (key === 'json') { args.json = value; continue }
-    if (!(key in defaults)) throw new Error(`unknown option --${key} (see --help)`)
-    const n = Number(value)
-    const [lo, hi] = limits[key]
-    if (!Number.isInteger(n) || n < lo || n > hi) throw new Error(`--${key} must be a whole number from ${lo} to ${hi}`)
-    args[key] = n
-  }
-  return args
-}
+const parse = (argv) =>
+  parseArgs(argv, { script: import.meta.url, helpLines: 20, defaults, limits, flags: ['skip-vitest', 'skip-raw'] })
 
 // ---------------------------------------------------------------- statistics
-
-const sorted = (xs) => [...xs].sort((a, b) => a - b)
-function quantile(xs, q) {
-  const s = sorted(xs)
-  if (!s.length) return NaN
-  const pos = (s.length - 1) * q
-  const lo = Math.floor(pos), hi = Math.ceil(pos)
-  return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-}
-const median = (xs) => quantile(xs, 0.5)
-const p90 = (xs) => quantile(xs, 0.9)
-const fmt = (x, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : 'n/a')
-const signed = (x, digits = 1) => (Number.isFinite(x) ? `${x >= 0 ? '+' : ''}${x.toFixed(digits)}` : 'n/a')
-
-function table(header, rows) {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)))
-  const line = (cells) => '| ' + cells.map((c, i) => (i === 0 ? String(c).padEnd(widths[i]) : String(c).padStart(widths[i]))).join(' | ') + ' |'
-  const sep = '|' + widths.map((w, i) => (i === 0 ? '-'.repeat(w + 1) + '-' : '-'.repeat(w + 1) + ':')).join('|') + '|'
-  return [line(header), sep, ...rows.map(line)].join('\n')
-}
 
 // ---------------------------------------------------------------- processes
 
@@ -364,7 +324,7 @@ function launcherInfo() {
 }
 
 async function main() {
-  const args = parseArgs(process.argv.slice(2))
+  const args = parse(process.argv.slice(2))
   if (!existsSync(join(repoRoot, 'dist', 'plugin.js'))) throw new Error('dist/ is missing: run `npm run bench` (it builds first) or `npm run build`')
   const vitestVersion = JSON.parse(readFileSync(join(repoRoot, 'node_modules', 'vitest', 'package.json'), 'utf8')).version
   const uid = process.getuid()

@@ -98,8 +98,9 @@ function planUplink(options: ResolvedNetnsOptions, mode: 'root' | 'rootless', ma
     )
   }
   registerUplinkHost(mode, options.uplink)
-  // Rootless: every sandbox is made inside the hub, so start it now, while Vitest starts up, not before the first worker.
-  if (mode === 'rootless') uplinkDaemon(mode, options.uplink).catch(() => undefined)
+  // Started now, while Vitest starts up: rootless, every sandbox is made inside the hub; as root,
+  // the first uplink test would otherwise wait for the helper to start (~20 ms).
+  uplinkDaemon(mode, options.uplink).catch(() => undefined)
   return { mode, options: options.uplink }
 }
 
