@@ -13,11 +13,11 @@
 // space) and host ports (bound sockets) are unique by kernel rules, which is
 // the lock between two runs at once.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, readFileSync, readlinkSync } from 'node:fs'
+import { closeSync, existsSync, openSync, readFileSync, readlinkSync } from 'node:fs'
 import { networkInterfaces } from 'node:os'
 import { createInterface } from 'node:readline'
 import { nativeLauncherPath, findTool } from './launcher.js'
-import { formatAddress, overlaps, parseCidr, type Cidr } from './ipv4.js'
+import { formatAddress, mask, overlaps, parseCidr, type Cidr } from './ipv4.js'
 import type { ResolvedUplinkOptions } from './config.js'
 import type { EgressRule, UplinkReply, UplinkRequest } from './uplink-protocol.js'
 
@@ -64,19 +64,15 @@ export function hostNetworks(): Cidr[] {
     for (const address of addresses ?? []) {
       if (address.family !== 'IPv4' || !address.cidr) continue
       const [ip, prefix] = address.cidr.split('/')
-      const cidr = parseCidr(`${maskAddress(ip!, Number(prefix))}/${prefix}`)
-      if (cidr && !ip!.startsWith('127.')) found.push(cidr)
+      const host = parseCidr(ip!)
+      if (!host || ip!.startsWith('127.')) continue
+      found.push({ base: (host.base & mask(Number(prefix))) >>> 0, prefix: Number(prefix) })
     }
   }
   found.push(...routesIn('/proc/net/route'))
   return found
 }
 
-function maskAddress(ip: string, prefix: number): string {
-  const cidr = parseCidr(ip)!
-  const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0
-  return formatAddress((cidr.base & mask) >>> 0)
-}
 
 interface Pending {
   resolve: (value: string) => void
@@ -197,12 +193,10 @@ export class UplinkDaemon {
 /** Whether /dev/net/tun can be opened by this user: pasta and slirp4netns need it. */
 export function tunProblem(): string | undefined {
   try {
-    readFileSync('/dev/net/tun', { flag: 'r+' } as never)
+    closeSync(openSync('/dev/net/tun', 'r+'))
     return undefined
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code
-    // Reading a tun fd that has no interface attached fails with EBADFD: the open itself worked.
-    if (code === 'EBADFD' || code === 'EBADF' || code === 'EINVAL') return undefined
     if (code === 'ENOENT') return '/dev/net/tun does not exist (load the tun module: modprobe tun)'
     return `/dev/net/tun cannot be opened by this user (${code}; it is usually mode 0666: chmod 0666 /dev/net/tun as root, or add a udev rule)`
   }
