@@ -221,7 +221,9 @@ async function startEgressHelper(hubPid: number, via: ResolvedUplinkOptions['egr
   const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] })
   let stderr = ''
   child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+  // Neither the process nor its pipe may keep Vitest from exiting: it dies with it (pdeathsig).
   child.unref()
+  ;(child.stderr as unknown as { unref?: () => void }).unref?.()
   daemon.once('exit', () => child.kill('SIGKILL'))
   process.once('exit', () => child.kill('SIGKILL'))
   // Ready when the hub has a default route through it (read from the hub's own /proc/PID/net/route).
