@@ -348,7 +348,7 @@ describe('bad uplink pools stop Vitest before any test runs', () => {
 })
 
 describe('rootless egress past the machine', () => {
-  test.skipIf(root)('says why it is unavailable, and addresses the hub routes still work', async () => {
+  test.skipIf(root)('pasta when /dev/net/tun is usable, else a message saying why; hub-routed addresses work either way', async () => {
     let tunUsable = true
     try {
       closeSync(openSync('/dev/net/tun', 'r+'))
