@@ -139,7 +139,12 @@ export class UplinkDaemon {
         const waiting = this.pending.shift()
         if (!waiting) continue
         if (line === 'ok' || line.startsWith('ok ')) waiting.resolve(line.slice(3))
-        else waiting.reject(new UplinkError(`${waiting.command.split(' ')[0]}: ${line.replace(/^error /, '')}`))
+        else {
+          // "error <step>: <ERRNO>: <message>", named after the command unless the step already says it.
+          const what = waiting.command.split(' ')[0]!
+          const detail = line.replace(/^error /, '')
+          waiting.reject(new UplinkError(detail.startsWith(`${what}:`) ? detail : `${what}: ${detail}`))
+        }
       }
     } catch {
       // the stream broke: treated as the helper exiting

@@ -98,7 +98,7 @@ describe('the uplink fixture', () => {
     expect(forward.forward.host).toBe('127.0.0.1')
     expect(forward.viaHost.reply).toMatch(/^ok inside saw /)
     expect(forward.chosen).toEqual({ host: '127.0.0.1', port: expect.any(Number) })
-    expect(forward.taken.error).toMatch(/host port \d+ is in use/)
+    expect(forward.taken.error).toMatch(/^vitest-environment-netns: forward: bind: EADDRINUSE: host port \d+ is in use$/)
     expect(afterForward.prober.error).toBe('ECONNREFUSED')
     expect(badPorts.zero).toMatch(/uplink\.forward\(0\): the port must be a whole number from 1 to 65535; got 0/)
     expect(badPorts.tooHigh).toMatch(/from 1 to 65535; got 65536/)
@@ -120,8 +120,8 @@ describe('the uplink fixture', () => {
       expect(udp.hostService.reply).toBe('echo hello from the test from 127.0.0.1')
       expect(udp.forward.viaHost.reply).toBe('ok inside got hello from the host')
     } else {
-      expect(udp.hostService.error).toMatch(/hostservice: EPROTONOSUPPORT: rootless uplinks relay TCP only/)
-      expect(udp.forward.error).toMatch(/forward: EPROTONOSUPPORT: rootless uplinks relay TCP only/)
+      expect(udp.hostService.error).toMatch(/^vitest-environment-netns: hostservice: EPROTONOSUPPORT: rootless uplinks relay TCP only$/)
+      expect(udp.forward.error).toMatch(/^vitest-environment-netns: forward: EPROTONOSUPPORT: rootless uplinks relay TCP only$/)
     }
 
     // Two tests of one file at once share its uplink; it stays up until the last one ends.
