@@ -189,15 +189,6 @@ static inline void ct_load(struct msg *m, uint32_t key, uint32_t reg) {
   attr_u32(m, NFTA_CT_DREG, reg);
   expr_end(m, e);
 }
-/* dnat to the address in addr_reg and the port in port_reg. */
-static inline void dnat(struct msg *m, uint32_t addr_reg, uint32_t port_reg) {
-  struct expr e = expr_begin(m, "nat");
-  attr_u32(m, NFTA_NAT_TYPE, NFT_NAT_DNAT);
-  attr_u32(m, NFTA_NAT_FAMILY, NFPROTO_IPV4);
-  attr_u32(m, NFTA_NAT_REG_ADDR_MIN, addr_reg);
-  attr_u32(m, NFTA_NAT_REG_PROTO_MIN, port_reg);
-  expr_end(m, e);
-}
 static inline void masquerade(struct msg *m) {
   struct expr e = expr_begin(m, "masq");
   expr_end(m, e);

@@ -475,27 +475,18 @@ static void addr_in(struct msg *m, uint32_t offset, uint32_t base, uint32_t pref
   uint32_t be = ip_be(base);
   cmp(m, NFT_REG_1, NFT_CMP_EQ, &be, 4);
 }
-static void nat_to(struct msg *m, uint32_t addr, uint16_t port) {
+/* dnat (or snat) to addr, and to port unless it is 0. */
+static void nat(struct msg *m, uint32_t type, uint32_t addr, uint16_t port) {
   uint32_t a = ip_be(addr);
   uint16_t p = htons(port);
   immediate(m, NFT_REG32_00, &a, 4);
-  immediate(m, NFT_REG32_01, &p, 2);
+  if (port) immediate(m, NFT_REG32_01, &p, 2);
   struct expr e = expr_begin(m, "nat");
-  attr_u32(m, NFTA_NAT_TYPE, NFT_NAT_DNAT);
+  attr_u32(m, NFTA_NAT_TYPE, type);
   attr_u32(m, NFTA_NAT_FAMILY, NFPROTO_IPV4);
   attr_u32(m, NFTA_NAT_REG_ADDR_MIN, NFT_REG32_00);
-  attr_u32(m, NFTA_NAT_REG_PROTO_MIN, NFT_REG32_01);
-  attr_u32(m, NFTA_NAT_FLAGS, NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED);
-  expr_end(m, e);
-}
-static void snat_to_loopback(struct msg *m) {
-  uint32_t a = ip_be(0x7f000001);
-  immediate(m, NFT_REG32_00, &a, 4);
-  struct expr e = expr_begin(m, "nat");
-  attr_u32(m, NFTA_NAT_TYPE, NFT_NAT_SNAT);
-  attr_u32(m, NFTA_NAT_FAMILY, NFPROTO_IPV4);
-  attr_u32(m, NFTA_NAT_REG_ADDR_MIN, NFT_REG32_00);
-  attr_u32(m, NFTA_NAT_FLAGS, NF_NAT_RANGE_MAP_IPS);
+  if (port) attr_u32(m, NFTA_NAT_REG_PROTO_MIN, NFT_REG32_01);
+  attr_u32(m, NFTA_NAT_FLAGS, NF_NAT_RANGE_MAP_IPS | (port ? NF_NAT_RANGE_PROTO_SPECIFIED : 0));
   expr_end(m, e);
 }
 
@@ -569,7 +560,7 @@ static int create_ruleset(void) {
   r = rule_begin(&m, "input_nat", 0, &exprs);
   if_in_set(&m, 0, 0);
   addr_in(&m, 16, 0x7f000000, 8);
-  snat_to_loopback(&m);
+  nat(&m, NFT_NAT_SNAT, 0x7f000001, 0);
   rule_end(&m, r, exprs);
 
   add_chain(&m, "prerouting", NF_INET_PRE_ROUTING, -100, "nat");
@@ -1228,14 +1219,14 @@ static void build_service(struct msg *m, void *p) {
   addr_in(m, 16, a->match_addr, 32);
   l4proto_is(m, a->proto);
   dport_is(m, a->match_port);
-  nat_to(m, a->nat_addr, a->nat_port);
+  nat(m, NFT_NAT_DNAT, a->nat_addr, a->nat_port);
 }
 static void build_forward(struct msg *m, void *p) {
   struct rule_args *a = p;
   addr_in(m, 16, 0x7f000001, 32);
   l4proto_is(m, a->proto);
   dport_is(m, a->match_port);
-  nat_to(m, a->nat_addr, a->nat_port);
+  nat(m, NFT_NAT_DNAT, a->nat_addr, a->nat_port);
 }
 static void build_egress(struct msg *m, void *p) {
   struct rule_args *a = p;
