@@ -4,7 +4,8 @@ import { constants, existsSync, openSync, closeSync, readFileSync } from 'node:f
 import { DEFAULT_UPLINK_POOL, resolveOptions } from './config.js'
 import { explainProbeFailure } from './diagnostics.js'
 import { formatCidr, overlaps, parseCidr } from './ipv4.js'
-import { hostNetworks, tryUplink } from './uplink-host.js'
+import { hostNetworks } from './routes.js'
+import { tryUplink } from './uplink-host.js'
 import { findTool, nativeLauncherPath, planLauncher, probe, LauncherUnavailableError, type ProbeResult } from './launcher.js'
 
 export type Status = 'ok' | 'missing' | 'blocked' | 'not reached' | 'info'

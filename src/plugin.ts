@@ -12,7 +12,9 @@ import { pruneRuns } from './keep-tmp.js'
 import { findTool, LauncherUnavailableError, nodePrefix, packageRoot, pathsToKeep, planLauncher, probe, type LaunchPlan, type ProbeResult } from './launcher.js'
 import { cidrSize, formatCidr, overlaps, parseCidr } from './ipv4.js'
 import { createNetnsPool, ENVIRONMENT_NAME, POOL_NAME, type ProjectPlan } from './pool.js'
-import { hostNetworks, registerUplinkHost, tunProblem, uplinkDaemon } from './uplink-host.js'
+import { hostNetworks } from './routes.js'
+import { tunProblem } from './uplink-egress.js'
+import { registerUplinkHost, uplinkDaemon } from './uplink-host.js'
 
 export type { NetnsOptions } from './config.js'
 

@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { EventEmitter } from 'node:events'
 import { relative, resolve } from 'node:path'
+import { createInterface } from 'node:readline'
 import type { Duplex } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import {
@@ -17,11 +18,10 @@ import {
   type PoolWorker,
   type WorkerRequest,
 } from 'vitest/node'
-import { createInterface } from 'node:readline'
 import { formatAttempts, queryAttempts } from './attempts.js'
 import type { ResolvedUplinkOptions } from './config.js'
 import { launchCommand, type LaunchPlan } from './launcher.js'
-import { uplinkDaemon, UplinkSession, type UplinkDaemon, type UplinkMode } from './uplink-host.js'
+import { uplinkDaemon, UplinkSession, type UplinkMode } from './uplink-host.js'
 import type { UplinkEnvelope, UplinkRequest } from './uplink-protocol.js'
 
 export const POOL_NAME = 'netns'
@@ -249,9 +249,9 @@ export class NetnsPoolWorker implements PoolWorker {
 
   /** Answers the worker's uplink requests (src/uplink.ts) until it exits; then its uplink is released. */
   private serveUplink(child: ChildProcess, uplink: NonNullable<ProjectPlan['uplink']>, channel: Duplex) {
-    let daemon: Promise<UplinkDaemon> | undefined
     const logger = this.options.project.vitest.logger
-    const session = new UplinkSession(() => (daemon ??= uplinkDaemon(uplink.mode, uplink.options)), child.pid!, (message) => warnOnce(logger, message))
+    // The run's helper: started with the run (plugin.ts), the same one for every worker (uplinkDaemon caches it).
+    const session = new UplinkSession(() => uplinkDaemon(uplink.mode, uplink.options), child.pid!, (message) => warnOnce(logger, message))
     createInterface({ input: channel }).on('line', (line) => {
       let request: UplinkRequest & { seq: number }
       try {
@@ -259,13 +259,13 @@ export class NetnsPoolWorker implements PoolWorker {
       } catch {
         return
       }
-      session.handle(request).then(
-        (reply) => reply,
-        (error: Error) => ({ error: error.message }),
-      ).then((reply) => {
-        const envelope: UplinkEnvelope = { seq: request.seq, ...reply }
-        if (!channel.destroyed) channel.write(`${JSON.stringify(envelope)}\n`)
-      })
+      void session
+        .handle(request)
+        .catch((error: Error) => ({ error: error.message }))
+        .then((reply) => {
+          const envelope: UplinkEnvelope = { seq: request.seq, ...reply }
+          if (!channel.destroyed) channel.write(`${JSON.stringify(envelope)}\n`)
+        })
     })
     channel.on('error', () => {}) // the worker went away: its exit releases the uplink
     child.once('exit', () => void session.release())

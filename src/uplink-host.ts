@@ -13,11 +13,12 @@
 // space) and host ports (bound sockets) are unique by kernel rules, which is
 // the lock between two runs at once.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { closeSync, existsSync, openSync, readFileSync, readlinkSync } from 'node:fs'
-import { networkInterfaces } from 'node:os'
+import { existsSync, readlinkSync } from 'node:fs'
 import { createInterface } from 'node:readline'
-import { nativeLauncherPath, findTool } from './launcher.js'
-import { formatAddress, mask, overlaps, parseCidr, type Cidr } from './ipv4.js'
+import { nativeLauncherPath } from './launcher.js'
+import { formatAddress, parseCidr } from './ipv4.js'
+import { routedInHub } from './routes.js'
+import { startEgressHelper } from './uplink-egress.js'
 import type { ResolvedUplinkOptions } from './config.js'
 import type { EgressRule, UplinkReply, UplinkRequest } from './uplink-protocol.js'
 
@@ -29,50 +30,6 @@ export class UplinkError extends Error {
     this.name = 'UplinkError'
   }
 }
-
-/** Networks this host already has (interface addresses and routes): an uplink pool must not overlap them. */
-/** The destinations of a namespace's IPv4 routes, default route left out; /proc/PID/net/route shows PID's namespace. */
-function routesIn(path: string): Cidr[] {
-  let text: string
-  try {
-    text = readFileSync(path, 'utf8')
-  } catch {
-    return []
-  }
-  const routes: Cidr[] = []
-  for (const line of text.split('\n').slice(1)) {
-    // Destination and mask are hex in host byte order (little endian on every Linux target of Node).
-    const [iface, destination, , , , , , maskHex] = line.trim().split(/\s+/)
-    if (!destination || !maskHex || destination === '00000000' || isUplinkInterface(iface!)) continue
-    const toNumber = (hex: string) => Buffer.from(hex, 'hex').readUInt32LE(0)
-    const prefix = toNumber(maskHex).toString(2).replace(/0/g, '').length
-    const cidr = parseCidr(`${formatAddress(toNumber(destination))}/${prefix}`)
-    if (cidr) routes.push(cidr)
-  }
-  return routes
-}
-
-/** Outer ends of uplinks (of this run or another one running now): not the host's own networks. */
-function isUplinkInterface(name: string): boolean {
-  return /^vn\d+$/.test(name)
-}
-
-export function hostNetworks(): Cidr[] {
-  const found: Cidr[] = []
-  for (const [name, addresses] of Object.entries(networkInterfaces())) {
-    if (isUplinkInterface(name)) continue
-    for (const address of addresses ?? []) {
-      if (address.family !== 'IPv4' || !address.cidr) continue
-      const [ip, prefix] = address.cidr.split('/')
-      const host = parseCidr(ip!)
-      if (!host || ip!.startsWith('127.')) continue
-      found.push({ base: (host.base & mask(Number(prefix))) >>> 0, prefix: Number(prefix) })
-    }
-  }
-  found.push(...routesIn('/proc/net/route'))
-  return found
-}
-
 
 interface Pending {
   resolve: (value: string) => void
@@ -193,59 +150,6 @@ export class UplinkDaemon {
     this.closed ??= new UplinkError('the uplink helper was stopped')
     this.child.kill('SIGTERM')
   }
-}
-
-/** Whether /dev/net/tun can be opened by this user: pasta and slirp4netns need it. */
-export function tunProblem(): string | undefined {
-  try {
-    closeSync(openSync('/dev/net/tun', 'r+'))
-    return undefined
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code
-    if (code === 'ENOENT') return '/dev/net/tun does not exist (load the tun module: modprobe tun)'
-    return `/dev/net/tun cannot be opened by this user (${code}; it is usually mode 0666: chmod 0666 /dev/net/tun as root, or add a udev rule)`
-  }
-}
-
-async function startEgressHelper(hubPid: number, via: ResolvedUplinkOptions['egressVia'], daemon: ChildProcess): Promise<string | undefined> {
-  if (via === 'none') return "egress beyond this machine is off (uplink.egressVia: 'none')"
-  const pasta = via !== 'slirp4netns' ? findTool('pasta') : undefined
-  const slirp = via !== 'pasta' && !pasta ? findTool('slirp4netns') : undefined
-  if (!pasta && !slirp) {
-    const wanted = via === 'auto' ? 'pasta (Debian/Ubuntu: apt-get install passt) or slirp4netns' : via
-    return `egress beyond this machine needs ${wanted}, which is not on PATH`
-  }
-  const tun = tunProblem()
-  if (tun) return `egress beyond this machine needs ${pasta ? 'pasta' : 'slirp4netns'}, but ${tun}`
-  // setpriv --pdeathsig: the helper dies with Vitest even on SIGKILL (neither tool does by itself).
-  const wrapper = findTool('setpriv')
-  const command = pasta
-    ? [pasta, '-f', '-q', '--config-net', '-I', 'pasta0', '-t', 'none', '-u', 'none', '-T', 'none', '-U', 'none', '--no-map-gw', String(hubPid)]
-    : [slirp!, '--configure', '--mtu=65520', '--disable-host-loopback', String(hubPid), 'pasta0']
-  const argv = wrapper ? [wrapper, '--pdeathsig', 'KILL', ...command] : command
-  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] })
-  let stderr = ''
-  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
-  // Neither the process nor its pipe may keep Vitest from exiting: it dies with it (pdeathsig).
-  child.unref()
-  ;(child.stderr as unknown as { unref?: () => void }).unref?.()
-  daemon.once('exit', () => child.kill('SIGKILL'))
-  process.once('exit', () => child.kill('SIGKILL'))
-  // Ready when the hub has a default route through it (read from the hub's own /proc/PID/net/route).
-  const deadline = Date.now() + 5000
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null || child.signalCode !== null) {
-      return `egress beyond this machine is unavailable: ${pasta ? 'pasta' : 'slirp4netns'} exited: ${stderr.trim().split('\n').filter((l) => !l.includes('syslog')).pop() ?? child.exitCode}`
-    }
-    try {
-      if (/^pasta0\s+00000000\s/m.test(readFileSync(`/proc/${hubPid}/net/route`, 'utf8'))) return undefined
-    } catch {
-      // hub gone: the attach that asked will fail on its own
-    }
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
-  child.kill('SIGKILL')
-  return `egress beyond this machine is unavailable: ${pasta ? 'pasta' : 'slirp4netns'} did not come up within 5 s`
 }
 
 const daemons = new Map<string, Promise<UplinkDaemon>>()
@@ -381,16 +285,6 @@ export class UplinkSession {
     await daemon.command(`release ${id}`).catch(() => undefined)
     daemon.free(index)
   }
-}
-
-/**
- * Whether the hub already routes all of `cidr` itself (a fake upstream a
- * global setup attached to it, say): then no helper past the machine is needed.
- */
-function routedInHub(hubPid: number, cidr: string): boolean {
-  const wanted = parseCidr(cidr)
-  if (!wanted || wanted.prefix === 0) return false
-  return routesIn(`/proc/${hubPid}/net/route`).some((route) => route.prefix <= wanted.prefix && overlaps(route, wanted))
 }
 
 /**
