@@ -187,14 +187,6 @@ static int batch_errors(int fd) {
   }
 }
 
-static int write_sysctl(const char *path, const char *value) {
-  int fd = open(path, O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return errno;
-  int err = write(fd, value, strlen(value)) < 0 ? errno : 0;
-  close(fd);
-  return err;
-}
-
 static int default_routes_via_lo(void) {
   int s4 = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s4 < 0) return errno;

@@ -1,6 +1,7 @@
 /*
  * A tiny netlink message builder and reader, shared by attempts.c (the
- * recording ruleset) and uplink.c (veths, addresses, routes, NAT).
+ * recording ruleset) and uplink.c (veths, addresses, routes, NAT), with the
+ * one other thing both need: writing a sysctl.
  *
  * Messages are appended to a fixed buffer; nothing is allocated. A message
  * or attribute that does not fit sets `overflow` instead of writing past the
@@ -18,6 +19,8 @@
 #include <linux/netlink.h>
 #include <stdint.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -204,6 +207,15 @@ static inline int netlink_socket(int protocol) {
     return -1;
   }
   return fd;
+}
+
+/* Writes a /proc/sys value (sysctls of the calling process's network namespace): 0 or an errno. */
+static inline int write_sysctl(const char *path, const char *value) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  int err = write(fd, value, strlen(value)) < 0 ? errno : 0;
+  close(fd);
+  return err;
 }
 
 /* ---- reading replies ---- */

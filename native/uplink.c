@@ -205,14 +205,6 @@ static int fail(const char *step, int err, const char *fmt, ...) {
   return -1;
 }
 
-static int write_sysctl(const char *path, const char *value) {
-  int fd = open(path, O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return errno;
-  int err = write(fd, value, strlen(value)) < 0 ? errno : 0;
-  close(fd);
-  return err;
-}
-
 static int read_sysctl(const char *path) {
   char buf[16] = {0};
   int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -264,11 +264,9 @@ describe('a killed helper', () => {
       })
       expect(result.signal).toBe('SIGKILL')
       expect(helperPid).toBeGreaterThan(0)
-      expect(forwarding(), 'a SIGKILLed helper cannot restore it').toBe('1')
-      expect(readFileSync(`/run/vitest-netns/orig.${ifname}`, 'utf8')).toBe('0\n')
-      expect(existsSync(`/run/vitest-netns/held.${ifname}.${helperPid}`)).toBe(true)
       expect(uplinkTables(), 'the table went with the helper (owner flag)').toEqual([])
-      // Any later run's helper reclaims it.
+      // The killed helper cannot put forwarding back; the next helper to start does. That may be
+      // another run of this suite starting meanwhile (every root run starts one), or this one.
       const next = await run({ include: 'test/parallel-*.test.ts', env: { NETNS_NO_UPSTREAM: '1' } })
       expect(next.code, failures(next)).toBe(0)
       expect(forwarding()).toBe('0')
