@@ -124,6 +124,9 @@ describe('the uplink fixture', () => {
       expect(udp.forward.error).toMatch(/^vitest-environment-netns: forward: EPROTONOSUPPORT: rootless uplinks relay TCP only$/)
     }
 
+    // A connection left open through the uplink does not keep the file's veth alive (checked below).
+    expect(result.records.leavesOpen.address).toMatch(POOL)
+
     // Two tests of one file at once share its uplink; it stays up until the last one ends.
     expect(concurrent.one).toMatch(POOL)
     expect(concurrent.two).toBe(concurrent.one)
