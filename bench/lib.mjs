@@ -1,6 +1,8 @@
-// What the benchmarks share: bounded command-line options, and the small
-// statistics and markdown tables they print.
+// What the benchmarks share: bounded command-line options, timed commands,
+// and the small statistics and markdown tables they print.
+import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
+import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 
 /**
@@ -59,4 +61,46 @@ export function table(header, rows, textColumns = 1) {
   const line = (cells) => '| ' + cells.map((c, i) => (i < textColumns ? String(c).padEnd(widths[i]) : String(c).padStart(widths[i]))).join(' | ') + ' |'
   const sep = '|' + widths.map((w, i) => (i < textColumns ? '-'.repeat(w + 2) : '-'.repeat(w + 1) + ':')).join('|') + '|'
   return [line(header), sep, ...rows.map(line)].join('\n')
+}
+
+/**
+ * Runs a command; resolves with the wall time from spawn to exit (ms), its
+ * exit code or signal, and (with `capture`) the end of its output. Never
+ * rejects. `onChild` sees the process (to kill it when the bench is stopped).
+ */
+export function timeCommand(file, args, { cwd, env, timeoutMs, capture = false, controlFd, onChild }) {
+  return new Promise((resolvePromise) => {
+    let out = ''
+    const started = performance.now()
+    let ended
+    const child = spawn(file, args, {
+      cwd,
+      env,
+      // A launcher that records attempts answers on a control socket, as the pool passes it.
+      stdio: [
+        'ignore', capture ? 'pipe' : 'ignore', capture ? 'pipe' : 'ignore',
+        ...(controlFd ? [...Array(controlFd - 3).fill('ignore'), 'pipe'] : []),
+      ],
+      detached: true, // own process group, so a timed-out run can be ended whole
+    })
+    onChild?.(child)
+    if (capture) {
+      child.stdout.on('data', (d) => (out = (out + d).slice(-20000)))
+      child.stderr.on('data', (d) => (out = (out + d).slice(-20000)))
+    }
+    let timedOut = false
+    const timer = setTimeout(() => {
+      timedOut = true
+      try { process.kill(-child.pid, 'SIGKILL') } catch {}
+    }, timeoutMs)
+    child.on('exit', () => (ended = performance.now()))
+    child.on('error', (error) => {
+      clearTimeout(timer)
+      resolvePromise({ ms: NaN, code: null, signal: null, out: String(error), timedOut })
+    })
+    child.on('close', (code, signal) => {
+      clearTimeout(timer)
+      resolvePromise({ ms: (ended ?? performance.now()) - started, code, signal, out, timedOut })
+    })
+  })
 }

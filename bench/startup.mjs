@@ -16,13 +16,13 @@
 // Timing is only reported, never checked. The exit status is 1 only when a
 // run itself failed (a test failed, Vitest crashed, a run timed out), since
 // the numbers would then not mean what they say.
-import { spawn, spawnSync } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { performance } from 'node:perf_hooks'
-import { fmt, median, p90, parseArgs, signed, table } from './lib.mjs'
+import { fmt, median, p90, parseArgs, signed, table, timeCommand } from './lib.mjs'
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..')
 const workDir = join(repoRoot, 'bench', '.work', 'startup')
@@ -39,43 +39,6 @@ const parse = (argv) =>
 // ---------------------------------------------------------------- statistics
 
 // ---------------------------------------------------------------- processes
-
-/** Runs a command; resolves with the wall time from spawn to exit (ms). Never rejects. */
-function timeCommand(file, args, { cwd, env, timeoutMs, capture = false, controlFd }) {
-  return new Promise((resolvePromise) => {
-    let out = ''
-    const started = performance.now()
-    let ended
-    const child = spawn(file, args, {
-      cwd,
-      env,
-      // A launcher that records attempts answers on a control socket, as the pool passes it.
-      stdio: [
-        'ignore', capture ? 'pipe' : 'ignore', capture ? 'pipe' : 'ignore',
-        ...(controlFd ? [...Array(controlFd - 3).fill('ignore'), 'pipe'] : []),
-      ],
-      detached: true, // own process group, so a timed-out run can be ended whole
-    })
-    if (capture) {
-      child.stdout.on('data', (d) => (out = (out + d).slice(-20000)))
-      child.stderr.on('data', (d) => (out = (out + d).slice(-20000)))
-    }
-    let timedOut = false
-    const timer = setTimeout(() => {
-      timedOut = true
-      try { process.kill(-child.pid, 'SIGKILL') } catch {}
-    }, timeoutMs)
-    child.on('exit', () => (ended = performance.now()))
-    child.on('error', (error) => {
-      clearTimeout(timer)
-      resolvePromise({ ms: NaN, code: null, signal: null, out: String(error), timedOut })
-    })
-    child.on('close', (code, signal) => {
-      clearTimeout(timer)
-      resolvePromise({ ms: (ended ?? performance.now()) - started, code, signal, out, timedOut })
-    })
-  })
-}
 
 // ---------------------------------------------------------------- CPU time of finished children
 

@@ -30,7 +30,7 @@ import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { performance } from 'node:perf_hooks'
-import { fmt, median, p90, parseArgs, signed, table as baseTable } from './lib.mjs'
+import { fmt, median, p90, parseArgs, signed, table as baseTable, timeCommand } from './lib.mjs'
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..')
 const workDir = join(repoRoot, 'bench', '.work', 'uplink')
@@ -157,22 +157,12 @@ class LineChild {
   }
 }
 
-/** Spawn to exit of a command, stdio ignored (fd `controlFd` a pipe, as the pool passes it). Never rejects. */
-function timeCommand(file, args, { timeoutMs, controlFd }) {
-  return new Promise((resolve) => {
-    const started = performance.now()
-    let ended
-    const child = spawn(file, args, { stdio: ['ignore', 'ignore', 'ignore', ...(controlFd ? [...Array(controlFd - 3).fill('ignore'), 'pipe'] : [])] })
-    children.add(child)
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
-    child.on('exit', () => (ended = performance.now()))
-    child.on('error', () => (clearTimeout(timer), children.delete(child), resolve({ ms: NaN, code: null })))
-    child.on('close', (code, signal) => {
-      clearTimeout(timer)
-      children.delete(child)
-      resolve({ ms: (ended ?? performance.now()) - started, code: code ?? signal })
-    })
-  })
+/** A timed command whose process is killed with the bench if it is stopped meanwhile. */
+async function timed(file, args, options) {
+  let child
+  const result = await timeCommand(file, args, { ...options, onChild: (c) => children.add((child = c)) })
+  children.delete(child)
+  return result
 }
 
 /** `promise`, or a rejection after `ms`. */
@@ -247,10 +237,10 @@ async function benchAttach(ctx, args) {
   }
   console.log(`\nPart 1: attach + detach through UplinkSession.handle(), ${N} fresh sandboxes, then ${C} + ${C} cycles on one`)
   const startArgs = [...ctx.prefix, '/bin/true']
-  await timeCommand(ctx.file, startArgs, { timeoutMs: 10_000, controlFd: ctx.plan.controlFd }) // page cache, first exec
+  await timed(ctx.file, startArgs, { timeoutMs: 10_000, controlFd: ctx.plan.controlFd }) // page cache, first exec
   for (let i = 0; i < N; i++) {
     // The baseline, interleaved with the attach runs so both see the same load.
-    const start = await timeCommand(ctx.file, startArgs, { timeoutMs: 10_000, controlFd: ctx.plan.controlFd })
+    const start = await timed(ctx.file, startArgs, { timeoutMs: 10_000, controlFd: ctx.plan.controlFd })
     if (start.code === 0) r.start.push(start.ms)
     else fail(`sandbox start ${i + 1}`, `exit ${start.code}`)
     let box
@@ -350,34 +340,17 @@ function generateProjects(args) {
 
 const strip = (s) => s.replace(/\x1b\[[0-9;]*m/g, '')
 
-function runVitest(project, args) {
-  return new Promise((resolve) => {
-    const env = { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1' }
-    delete env.VITEST
-    let out = ''
-    const started = performance.now()
-    let ended
-    const child = spawn(process.execPath, [vitestCli, 'run', '--root', project.dir], { cwd: project.dir, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
-    children.add(child)
-    child.stdout.on('data', (d) => (out = (out + d).slice(-20000)))
-    child.stderr.on('data', (d) => (out = (out + d).slice(-20000)))
-    let timedOut = false
-    const timer = setTimeout(() => {
-      timedOut = true
-      try { process.kill(-child.pid, 'SIGKILL') } catch {}
-    }, args['run-timeout'] * 1000)
-    child.on('exit', () => (ended = performance.now()))
-    child.on('close', (code, signal) => {
-      clearTimeout(timer)
-      children.delete(child)
-      const passed = Number(/Tests\s+(\d+) passed/.exec(strip(out))?.[1] ?? -1)
-      const ok = code === 0 && passed === args.tests && !timedOut
-      // Vitest's own "tests" time (the sum of the test durations, fixtures included): without start-up noise.
-      const tests = /Duration\s+[\d.]+m?s\s+\([^)]*\btests ([\d.]+)(m?s)/.exec(strip(out))
-      const testsMs = tests ? Number(tests[1]) * (tests[2] === 's' ? 1000 : 1) : NaN
-      resolve({ ms: (ended ?? performance.now()) - started, testsMs, ok, why: ok ? '' : timedOut ? 'timed out' : `exit ${code ?? signal}, ${passed} passed:\n${strip(out).slice(-2000)}` })
-    })
-  })
+async function runVitest(project, args) {
+  const env = { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1' }
+  delete env.VITEST
+  const r = await timed(process.execPath, [vitestCli, 'run', '--root', project.dir], { cwd: project.dir, env, timeoutMs: args['run-timeout'] * 1000, capture: true })
+  const out = strip(r.out)
+  const passed = Number(/Tests\s+(\d+) passed/.exec(out)?.[1] ?? -1)
+  const ok = r.code === 0 && passed === args.tests && !r.timedOut
+  // Vitest's own "tests" time (the sum of the test durations, fixtures included): without start-up noise.
+  const tests = /Duration\s+[\d.]+m?s\s+\([^)]*\btests ([\d.]+)(m?s)/.exec(out)
+  const testsMs = tests ? Number(tests[1]) * (tests[2] === 's' ? 1000 : 1) : NaN
+  return { ms: r.ms, testsMs, ok, why: ok ? '' : r.timedOut ? 'timed out' : `exit ${r.code ?? r.signal}, ${passed} passed:\n${out.slice(-2000)}` }
 }
 
 async function benchVitest(args, deadline) {
