@@ -532,6 +532,7 @@ static int create_ruleset(void) {
   attr_u32(&m, NFTA_SET_ID, 1);
   end(&m, s);
 
+  size_t exprs, r;
   add_chain(&m, "input", NF_INET_LOCAL_IN, 0, "filter");
   simple_rule(&m, "input", 0, NFT_CT_STATE, CT_ESTABLISHED_RELATED);
   simple_rule(&m, "input", 0, NFT_CT_STATUS, CT_STATUS_DNAT); /* host services the test asked for */
@@ -543,20 +544,23 @@ static int create_ruleset(void) {
   simple_rule(&m, "forward", 0, NFT_CT_STATE, CT_ESTABLISHED_RELATED);
   reject_rules(&m, "forward", uplink_to_uplink); /* no test reaches another */
   reject_rules(&m, "forward", to_uplink);        /* nothing outside opens a connection into a test */
-  size_t exprs, r = rule_begin(&m, "forward", 0, &exprs);
+  r = rule_begin(&m, "forward", 0, &exprs);
   if_in_set(&m, 0, 0);
   verdict(&m, NFT_JUMP, "egress");
   rule_end(&m, r, exprs);
   reject_rules(&m, "forward", from_uplink);
 
-  /* A host service sees its test as a loopback client, as any local client would be
-   * (Redis's protected mode, say, refuses others; so does pasta's -T). */
-  add_chain(&m, "input_nat", NF_INET_LOCAL_IN, 100, "nat");
-  r = rule_begin(&m, "input_nat", 0, &exprs);
-  if_in_set(&m, 0, 0);
-  addr_in(&m, 16, 0x7f000000, 8);
-  nat(&m, NFT_NAT_SNAT, 0x7f000001, 0);
-  rule_end(&m, r, exprs);
+  /* Root: a host service sees its test as a loopback client, as any local client would be
+   * (Redis's protected mode, say, refuses others). The hub needs none: its relay connects
+   * from the host's loopback anyway, and it tells a connection's test by the client address. */
+  if (!hub_mode) {
+    add_chain(&m, "input_nat", NF_INET_LOCAL_IN, 100, "nat");
+    r = rule_begin(&m, "input_nat", 0, &exprs);
+    if_in_set(&m, 0, 0);
+    addr_in(&m, 16, 0x7f000000, 8);
+    nat(&m, NFT_NAT_SNAT, 0x7f000001, 0);
+    rule_end(&m, r, exprs);
+  }
 
   add_chain(&m, "prerouting", NF_INET_PRE_ROUTING, -100, "nat");
   add_chain(&m, "output", NF_INET_LOCAL_OUT, -100, "nat");
@@ -860,7 +864,11 @@ static void watch(struct item *item, uint32_t events, int op) {
 
 static void conn_close(struct conn *c) {
   for (int d = 0; d < 2; d++) {
-    if (c->s[d].item.fd >= 0) close(c->s[d].item.fd);
+    /* Unregister before closing: close() only unregisters once the last reference to the socket
+     * goes, and the host-side process may not have dropped its copy of a socket it passed us yet
+     * (a connection can end that fast). epoll would then still report events for freed memory. */
+    epoll_ctl(epoll_fd, EPOLL_CTL_DEL, c->s[d].item.fd, NULL);
+    close(c->s[d].item.fd);
     close(c->pipe[d][0]);
     close(c->pipe[d][1]);
   }
@@ -1231,15 +1239,21 @@ static void take_down(struct uplink *u) {
 /*
  * Release: the sandbox's process is gone. A TCP connection it left open through the uplink
  * would now retransmit its FIN over a link that is down, for minutes, holding the namespace and
- * the veth (measured: 106 s); aborting them lets the kernel free both at once.
+ * the veth (measured: 106 s); aborting them lets the kernel free both at once. The link comes
+ * up again for that moment so that the resets reach the other ends too (a host service sees
+ * its client go instead of keeping it): nothing of the file runs any more, and its rules are
+ * gone, so only those resets can pass.
  */
 static void release(struct uplink *u) {
   take_down(u);
+  char name[IFNAMSIZ];
+  outer_name(u->id, name);
+  int index = ifindex_via(rt_fd, name);
+  struct inner_args up = {u->base + 2, u->base + 1, 1};
+  if (index > 0 && link_up(rt_fd, index, 1) == 0) in_netns(u->netns_fd, NETLINK_ROUTE, configure_inner, &up);
   uint32_t address = u->base + 2;
   in_netns(u->netns_fd, NETLINK_SOCK_DIAG, abort_connections, &address);
   close(u->netns_fd);
-  char name[IFNAMSIZ];
-  outer_name(u->id, name);
   set_element(name, 0);
   u->used = 0;
 }
@@ -1483,6 +1497,11 @@ static int run_host_side(pid_t hub, int channel) {
   kill(hub, SIGTERM);
   int status = 0;
   while (waitpid(hub, &status, 0) < 0 && errno == EINTR) {}
+  if (WIFSIGNALED(status) && WTERMSIG(status) != SIGTERM) {
+    /* The hub never dies of a signal it does not handle unless something is badly wrong: say which. */
+    fprintf(stderr, "netns-launch uplink: the hub (pid %d) was killed by signal %d (%s)\n", (int)hub, WTERMSIG(status), strsignal(WTERMSIG(status)));
+    return 128 + WTERMSIG(status);
+  }
   return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
 }
 
