@@ -52,6 +52,7 @@ export class UplinkDaemon {
     readonly mode: UplinkMode,
     readonly options: ResolvedUplinkOptions,
     lines: AsyncIterableIterator<string>,
+    private readonly stderrTail: () => string,
   ) {
     this.hubPid = hubPid
     void this.readReplies(lines)
@@ -68,6 +69,7 @@ export class UplinkDaemon {
       stdio: ['pipe', 'pipe', 'pipe'],
     })
     let stderr = ''
+    // Kept for the whole run: if the helper dies later, what it said is the reason.
     child.stderr!.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)))
     const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
     const spawnError = new Promise<never>((_, reject) => child.once('error', reject))
@@ -82,12 +84,14 @@ export class UplinkDaemon {
       throw new UplinkError(`cannot set up the ${mode === 'root' ? 'host side of uplinks' : 'uplink hub namespace'}: ${why}`)
     }
     child.stderr!.resume()
+    // Writing to a helper that died fails with EPIPE; its death is reported through its output closing.
+    child.stdin!.on('error', () => {})
     // Not a reason to keep Vitest alive; it also dies with Vitest (PR_SET_PDEATHSIG).
     child.unref()
     ;(child.stdin as unknown as { unref?: () => void }).unref?.()
     ;(child.stdout as unknown as { unref?: () => void }).unref?.()
     ;(child.stderr as unknown as { unref?: () => void }).unref?.()
-    return new UplinkDaemon(child, Number(ready[1]), mode, options, lines)
+    return new UplinkDaemon(child, Number(ready[1]), mode, options, lines, () => stderr.trim())
   }
 
   private async readReplies(lines: AsyncIterableIterator<string>) {
@@ -106,8 +110,23 @@ export class UplinkDaemon {
     } catch {
       // the stream broke: treated as the helper exiting
     }
-    this.closed = new UplinkError('the uplink helper exited')
+    this.closed ??= new UplinkError(`the uplink helper exited unexpectedly: ${await this.exitReason()}`)
     for (const waiting of this.pending.splice(0)) waiting.reject(this.closed)
+  }
+
+  /** How the helper ended and its last words, waiting briefly for the exit status after stdout closed. */
+  private async exitReason(): Promise<string> {
+    const child = this.child
+    if (child.exitCode === null && child.signalCode === null) {
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, 1000)
+        child.once('exit', () => (clearTimeout(timer), resolve(undefined)))
+      })
+    }
+    const status =
+      child.signalCode !== null ? `killed by ${child.signalCode}` : child.exitCode !== null ? `exit code ${child.exitCode}` : 'still running, its output closed'
+    const said = this.stderrTail()
+    return `${status}${said ? `; it said: ${said}` : ''}. Please report this with the output above.`
   }
 
   command(line: string): Promise<string> {
