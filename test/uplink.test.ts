@@ -3,8 +3,8 @@
 // loopback and a fake upstream network (198.51.100.0/24) hung off the
 // uplinks' outer namespace. Everything stays on this machine.
 import type { ChildProcess } from 'node:child_process'
-import { execFileSync } from 'node:child_process'
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs'
+import { execFileSync, spawn } from 'node:child_process'
+import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
@@ -126,6 +126,14 @@ describe('the uplink fixture', () => {
 
     // A connection left open through the uplink does not keep the file's veth alive (checked below).
     expect(result.records.leavesOpen.address).toMatch(POOL)
+    // The connection it left open: rootless, the relay closed it with the test's uplink; as root
+    // the link was only cut, and its file's release resets it. Either way the server has let go
+    // of it by the end of the run.
+    const { afterLeavesOpen, redisAtEnd } = result.records
+    expect(afterLeavesOpen.clients).toMatch(/^id=/)
+    if (!root) expect(afterLeavesOpen.clients).not.toContain('name=leftopen')
+    expect(redisAtEnd.clients).toMatch(/^id=/)
+    expect(redisAtEnd.clients).not.toContain('name=leftopen')
 
     // Two tests of one file at once share its uplink; it stays up until the last one ends.
     expect(concurrent.one).toMatch(POOL)
@@ -237,6 +245,82 @@ describe('the uplink fixture', () => {
     await new Promise<void>((resolve, reject) => {
       const server = createServer().once('error', reject).listen(holding!.forward.port, '127.0.0.1', () => server.close(() => resolve()))
     })
+  })
+})
+
+describe('a helper that dies mid-run', () => {
+  // As a crash would, but with a signal that leaves no core file: SIGUSR1 to the hub (rootless)
+  // or to the helper (root), neither of which handles it. The next uplink request says how it
+  // ended, with what it said, instead of only that it is gone.
+  test('the next uplink request says how it ended', async () => {
+    let killed = 0
+    let recordDir = ''
+    const result = await run({
+      include: 'test/helper-dies.test.ts',
+      env: { NETNS_NO_UPSTREAM: '1', NETNS_TEST_TIMEOUT: '30000' },
+      onSpawn: (vitest: ChildProcess, info) => {
+        recordDir = info.recordDir
+        void waitFor('the holding record', () => {
+          if (vitest.exitCode !== null || vitest.signalCode !== null) throw new Error('Vitest exited first')
+          return existsSync(join(info.recordDir, 'helperDiesHolding.record.json')) || undefined
+        }, 60_000).then(() => {
+          killed = processesOfRun(info.recordDir).find((p) => p.comm === (root ? 'netns-uplink' : 'netns-hub'))!.pid
+          process.kill(killed, 'SIGUSR1')
+          writeFileSync(join(info.recordDir, 'killed'), '')
+        })
+      },
+    })
+    expect(killed).toBeGreaterThan(0)
+    expect(result.code, 'the test fails').toBe(1)
+    const { error } = result.records.helperDied
+    expect(error).toContain('the uplink helper exited unexpectedly: ')
+    if (root) expect(error).toContain('killed by SIGUSR1')
+    else expect(error).toContain(`exit code 138; it said: netns-launch uplink: the hub (pid ${killed}) was killed by signal 10 (User defined signal 1)`)
+    expect(error).toContain('Please report this')
+    await expectNothingLeft(result, recordDir)
+  })
+})
+
+describe('many short connections through a host service', () => {
+  // Rootless, the hub relays them with sockets its host-side process makes and passes over; that
+  // process closes its copy right after sending it. A connection that ended before that close
+  // once left the relay reacting to the freed connection (the hub died). strace makes every such
+  // close 20 ms late, so every connection here ends first. As root the kernel's DNAT carries them.
+  test('all get through, and the helper still answers afterwards', async () => {
+    let tracer: ChildProcess | undefined
+    let traced: Promise<unknown> = Promise.resolve()
+    let tracerSaid = ''
+    const result = await run({
+      include: 'test/many-connections.test.ts',
+      env: { NETNS_NO_UPSTREAM: '1', NETNS_CONNECTIONS: '60', NETNS_WAIT_FOR: 'go', NETNS_TEST_TIMEOUT: '30000' },
+      onSpawn: (vitest: ChildProcess, info) => {
+        traced = (async () => {
+          if (!root) {
+            const hostSide = await waitFor('the uplink helper\'s host side', () => {
+              if (vitest.exitCode !== null || vitest.signalCode !== null) throw new Error('Vitest exited first')
+              const list = processesOfRun(info.recordDir)
+              const hub = list.find((p) => p.comm === 'netns-hub')
+              return hub && list.find((p) => p.pid === hub.ppid && p.comm === 'netns-uplink')
+            }, 30_000)
+            tracer = spawn('strace', ['-qq', '-p', String(hostSide.pid), '-e', 'trace=close', '-e', 'inject=close:delay_enter=20000', '-o', '/dev/null'])
+            tracer.stderr!.on('data', (chunk: Buffer) => (tracerSaid += chunk))
+            tracer.on('error', (error) => (tracerSaid += error.message))
+            await waitFor(() => `strace to attach to ${hostSide.pid} (it said: ${tracerSaid})`, () => {
+              const status = readFileSync(`/proc/${hostSide.pid}/status`, 'utf8')
+              return /^TracerPid:\s*[1-9]/m.test(status) || undefined
+            }, 10_000)
+          }
+          writeFileSync(join(info.recordDir, 'go'), '')
+        })()
+      },
+    })
+    tracer?.kill('SIGKILL')
+    await traced
+    expect(result.code, failures(result)).toBe(0)
+    const { made, outcomes, after } = result.records.manyConnections
+    expect(made).toBe(60)
+    expect(outcomes).toEqual({ '+PONG': 60 })
+    expect(after.reply, 'a later host service through the same helper').toBe('+PONG')
   })
 })
 
