@@ -14,6 +14,8 @@ import { processesOfRun, waitFor, waitUntilGone } from './leftovers'
 const root = process.getuid?.() === 0
 // The fixture's pool (fixtures/uplink/vitest.config.ts): the doctor's test may make uplinks of its own meanwhile, from 10.200.0.0/16.
 const POOL = /^10\.213\.\d+\.\d+$/
+// Refused at once, in the kernel (a reset, or no route): not ETIMEDOUT, what a silent drop gives after 3 s.
+const REFUSED = ['ECONNREFUSED', 'ENETUNREACH', 'EHOSTUNREACH']
 
 function run(options: RunOptions & { include?: string } = {}): Promise<RunResult> {
   return runFixture('uplink', { timeoutMs: 90_000, ...options, env: { NETNS_INCLUDE: options.include, ...options.env } })
@@ -85,13 +87,12 @@ describe('the uplink fixture', () => {
     expect(hostService.routes).toMatch(/^eth0\s+00000000\s/m)
     // The other Redis was not asked for: refused at once, through the gateway and on the sandbox's own loopback.
     expect(hostService.otherViaGateway.error).toBe('ECONNREFUSED')
-    expect(hostService.otherViaGateway.ms).toBeLessThan(1000)
     expect(hostService.otherOnLoopback.error).toBe('ECONNREFUSED')
 
     // Down after the test: the next test of the same file is offline again.
     expect(afterHostService.gateway).toBe(hostService.uplink.gateway)
     expect(afterHostService.viaGateway.reply).toBeUndefined()
-    expect(afterHostService.viaGateway.ms).toBeLessThan(1000)
+    expect(REFUSED, `afterHostService.viaGateway`).toContain(afterHostService.viaGateway.error)
     expect(afterHostService.routes).not.toMatch(/^eth0/m)
 
     // forward: a host-side client (the prober) reaches a server inside the test.
@@ -108,10 +109,10 @@ describe('the uplink fixture', () => {
 
     // egress: none by default; an allow-list opens one port; 'nat' opens all. The upstream sees the masqueraded source.
     expect(egressNone.a.reply).toBeUndefined()
-    expect(egressNone.a.ms).toBeLessThan(1000)
+    expect(REFUSED, `egressNone.a`).toContain(egressNone.a.error)
     expect(egressAllow.allowed.reply).toBe('198.51.100.1 8080')
     expect(egressAllow.other.reply).toBeUndefined()
-    expect(egressAllow.other.ms).toBeLessThan(1000)
+    expect(REFUSED, `egressAllow.other`).toContain(egressAllow.other.error)
     expect(egressNat.a.reply).toBe('198.51.100.1 8080')
     expect(egressNat.b.reply).toBe('198.51.100.1 8081')
 
@@ -180,7 +181,7 @@ describe('the uplink fixture', () => {
     const { afterTimeout } = result.records
     expect(afterTimeout.gateway).toMatch(POOL)
     expect(afterTimeout.viaGateway.reply).toBeUndefined()
-    expect(afterTimeout.viaGateway.ms).toBeLessThan(1000)
+    expect(REFUSED, `afterTimeout.viaGateway`).toContain(afterTimeout.viaGateway.error)
     expect(afterTimeout.routes).not.toMatch(/^eth0/m)
   })
 
