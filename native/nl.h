@@ -1,7 +1,7 @@
 /*
  * A tiny netlink message builder and reader, shared by attempts.c (the
- * recording ruleset) and uplink.c (veths, addresses, routes, NAT), with the
- * one other thing both need: writing a sysctl.
+ * recording ruleset) and the uplink helper (uplink-*.c: veths, addresses,
+ * routes, NAT), with the one other thing both need: writing a sysctl.
  *
  * Messages are appended to a fixed buffer; nothing is allocated. A message
  * or attribute that does not fit sets `overflow` instead of writing past the
