@@ -1,7 +1,9 @@
 /*
- * The uplink helper's commands: the uplinks it keeps (one per sandbox), and
- * what attach, detach, release, hostservice, forward and egress do with the
- * other parts. Commands arrive parsed and checked (uplink-protocol.c).
+ * The uplink helper's commands: the sandboxes the pool registered (each with
+ * at most one uplink), and what register, attach, detach, release,
+ * hostservice, forward and egress do with the other parts. Commands arrive
+ * parsed and checked (uplink-protocol.c); a command names a registered
+ * sandbox, never a pid, namespace or interface.
  */
 #define _GNU_SOURCE
 #include "uplink-internal.h"
@@ -10,66 +12,109 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/netlink.h>
+#include <linux/nsfs.h>
+#include <sys/ioctl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Allocated on first use: a static array of them would fault in megabytes on the first scan. */
-static struct uplink *uplinks[MAX_UPLINKS];
+/*
+ * One record per sandbox the pool registered, from `register` to `release`.
+ * Allocated on first use: a static array of them would fault in megabytes on
+ * the first scan.
+ */
+static struct uplink *sandboxes[MAX_UPLINKS];
 
-static struct uplink *find_uplink(uint32_t id) {
+static struct uplink *find_sandbox(uint32_t sandbox) {
   for (int i = 0; i < MAX_UPLINKS; i++)
-    if (uplinks[i] && uplinks[i]->used && uplinks[i]->id == id) return uplinks[i];
+    if (sandboxes[i] && sandboxes[i]->used && sandboxes[i]->sandbox == sandbox) return sandboxes[i];
   return NULL;
 }
 
+/* The sandbox holding uplink `id`, if any. */
+static struct uplink *find_uplink(uint32_t id) {
+  for (int i = 0; i < MAX_UPLINKS; i++)
+    if (sandboxes[i] && sandboxes[i]->used && sandboxes[i]->has_block && sandboxes[i]->id == id) return sandboxes[i];
+  return NULL;
+}
 
-/* Opens `pid`'s network namespace, refusing ours and the host's: a wrong pid would configure the host. */
+static int same_file(const struct stat *a, const struct stat *b) { return a->st_dev == b->st_dev && a->st_ino == b->st_ino; }
+
+/*
+ * Opens `pid`'s network namespace for good, if it is a sandbox's: not ours,
+ * not the host's, and in a user namespace that is a child of ours (every
+ * sandbox of this run is made so: rootless, the launcher's --hub; as root,
+ * made by uid 0 of this user namespace). A wrong pid would configure the host
+ * or a container.
+ */
 static int open_sandbox_netns(uint32_t pid, int *fd) {
   char path[64];
   snprintf(path, sizeof path, "/proc/%u/ns/net", pid);
   *fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (*fd < 0) return fail("netns", errno, "cannot open %s", path);
+  if (*fd < 0) return fail("register", errno, "cannot open %s", path);
   struct stat st;
-  if (fstat(*fd, &st) < 0 ||
-      (st.st_dev == own_net.st_dev && st.st_ino == own_net.st_ino) ||
-      (st.st_dev == host_net.st_dev && st.st_ino == host_net.st_ino)) {
+  if (fstat(*fd, &st) < 0 || same_file(&st, &own_net) || same_file(&st, &host_net)) {
     close(*fd);
-    return fail("netns", EPERM, "pid %u is not in a sandbox's network namespace (it shares this one or the host's)", pid);
+    return fail("register", EPERM, "pid %u is not in a sandbox's network namespace (it shares this one or the host's)", pid);
+  }
+  snprintf(path, sizeof path, "/proc/%u/ns/user", pid);
+  int user = open(path, O_RDONLY | O_CLOEXEC);
+  int parent = user < 0 ? -1 : ioctl(user, NS_GET_PARENT);
+  int err = parent < 0 ? errno : 0;
+  struct stat parent_st;
+  if (!err && fstat(parent, &parent_st) < 0) err = errno;
+  if (user >= 0) close(user);
+  if (parent >= 0) close(parent);
+  if (err || !same_file(&parent_st, &own_user)) {
+    close(*fd);
+    return fail("register", EPERM, "pid %u is not a sandbox of this run (its user namespace is not a child of the helper's)", pid);
   }
   return 0;
 }
 
-static int cmd_attach(uint32_t id, uint32_t pid, uint32_t base) {
-  if ((base & 3) || (pool_prefix && ((base ^ pool_base) >> (32 - pool_prefix)))) return fail("command", EINVAL, "%u is not a /30 of the pool", base);
-  struct uplink *u = find_uplink(id);
-  if (u && u->pid != (pid_t)pid) return fail("command", EEXIST, "uplink %u belongs to another sandbox", id);
-  if (u && u->attached) {
+static int cmd_register(uint32_t sandbox, uint32_t pid) {
+  if (find_sandbox(sandbox)) return fail("register", EEXIST, "sandbox %u is registered already", sandbox);
+  struct uplink *s = NULL;
+  for (int i = 0; i < MAX_UPLINKS && !s; i++) {
+    if (!sandboxes[i]) sandboxes[i] = calloc(1, sizeof **sandboxes);
+    if (sandboxes[i] && !sandboxes[i]->used) s = sandboxes[i];
+  }
+  if (!s) return fail("register", ENOSPC, "too many sandboxes");
+  int netns_fd;
+  if (open_sandbox_netns(pid, &netns_fd) < 0) return -1;
+  /* The namespace is held from here to release: no later step looks a pid up again. */
+  *s = (struct uplink){.used = 1, .sandbox = sandbox, .pid = (pid_t)pid, .netns_fd = netns_fd};
+  reply("ok");
+  return 0;
+}
+
+static struct uplink *registered(uint32_t sandbox) {
+  struct uplink *s = find_sandbox(sandbox);
+  if (!s) fail("command", ENOENT, "sandbox %u is not registered", sandbox);
+  return s;
+}
+
+static int cmd_attach(uint32_t sandbox, uint32_t id, uint32_t base) {
+  struct uplink *u = registered(sandbox);
+  if (!u) return -1;
+  if ((base & 3) || (pool_prefix && ((base ^ pool_base) >> (32 - pool_prefix)))) return fail("command", EINVAL, "%u.%u.%u.%u is not a /30 of the pool", base >> 24, (base >> 16) & 255, (base >> 8) & 255, base & 255);
+  struct uplink *holder = find_uplink(id);
+  if (holder && holder != u) return fail("command", EEXIST, "uplink %u belongs to another sandbox", id);
+  if (u->has_block && u->id != id) return fail("command", EEXIST, "sandbox %u has uplink %u already", sandbox, u->id);
+  if (u->attached) {
     reply("ok"); /* a second test of the file joining: nothing to do */
     return 0;
   }
   char name[IFNAMSIZ];
   outer_name(id, name);
   int err, index;
-  if (!u) {
-    int netns_fd;
-    if (open_sandbox_netns(pid, &netns_fd) < 0) return -1;
-    for (int i = 0; i < MAX_UPLINKS && !u; i++) {
-      if (!uplinks[i]) uplinks[i] = calloc(1, sizeof **uplinks);
-      if (uplinks[i] && !uplinks[i]->used) u = uplinks[i];
-    }
-    if (!u) {
-      close(netns_fd);
-      return fail("command", ENOSPC, "too many uplinks");
-    }
-    if ((err = create_veth(name, netns_fd))) {
-      close(netns_fd);
-      return fail("veth", err, "cannot create %s into pid %u's namespace", name, pid);
-    }
-    /* The namespace is held from here to release: later steps never look a pid up again. */
-    *u = (struct uplink){.used = 1, .id = id, .base = base, .pid = (pid_t)pid, .netns_fd = netns_fd};
+  if (!u->has_block) {
+    if ((err = create_veth(name, u->netns_fd))) return fail("veth", err, "cannot create %s into sandbox %u's namespace", name, sandbox);
+    u->has_block = 1;
+    u->id = id;
+    u->base = base;
     index = ifindex_via(rt_fd, name);
     err = index < 0 ? -index : add_address(rt_fd, index, base + 1);
     /* Per interface only: the host's global ip_forward stays as it is. */
@@ -77,8 +122,7 @@ static int cmd_attach(uint32_t id, uint32_t pid, uint32_t base) {
     if (!err) err = if_sysctl(name, "route_localnet", "1");
     if (!err) err = set_element(name, 1);
     if (err) {
-      close(netns_fd);
-      u->used = 0;
+      u->has_block = 0;
       return fail("address", err, "cannot configure %s", name);
     }
   } else {
@@ -88,7 +132,7 @@ static int cmd_attach(uint32_t id, uint32_t pid, uint32_t base) {
   struct inner_args inner = {base + 2, base + 1, 1};
   err = link_up(rt_fd, index, 1);
   if (!err) err = in_netns(u->netns_fd, NETLINK_ROUTE, configure_inner, &inner);
-  if (err) return fail("inside", err, "cannot configure eth0 in pid %u's namespace", pid);
+  if (err) return fail("inside", err, "cannot configure eth0 in sandbox %u's namespace", sandbox);
   u->attached = 1;
   reply("ok");
   return 0;
@@ -125,6 +169,11 @@ static void take_down(struct uplink *u) {
  * gone, so only those resets can pass.
  */
 static void release(struct uplink *u) {
+  if (!u->has_block) {
+    close(u->netns_fd);
+    u->used = 0;
+    return;
+  }
   take_down(u);
   char name[IFNAMSIZ];
   outer_name(u->id, name);
@@ -135,23 +184,23 @@ static void release(struct uplink *u) {
   in_netns(u->netns_fd, NETLINK_SOCK_DIAG, abort_connections, &address);
   close(u->netns_fd);
   set_element(name, 0);
-  u->used = 0;
+  u->used = u->has_block = 0;
 }
 
-static struct uplink *attached_uplink(uint32_t id) {
-  struct uplink *u = find_uplink(id);
-  if (!u || !u->attached) {
-    fail("command", ENOENT, "uplink %u is not attached", id);
+static struct uplink *attached_uplink(uint32_t sandbox) {
+  struct uplink *u = registered(sandbox);
+  if (u && !u->attached) {
+    fail("command", ENOENT, "sandbox %u has no uplink attached", sandbox);
     return NULL;
   }
   return u;
 }
 
-static int cmd_hostservice(uint32_t id, uint8_t proto, uint32_t port, uint32_t host_port) {
-  struct uplink *u = attached_uplink(id);
+static int cmd_hostservice(uint32_t sandbox, uint8_t proto, uint32_t port, uint32_t host_port) {
+  struct uplink *u = attached_uplink(sandbox);
   if (!u) return -1;
   char name[IFNAMSIZ];
-  outer_name(id, name);
+  outer_name(u->id, name);
   struct rule_args a = {.ifname = name, .match_addr = u->base + 1, .match_port = (uint16_t)port, .proto = proto, .nat_addr = 0x7f000001, .nat_port = (uint16_t)host_port};
   if (hub_mode) {
     if (proto != IPPROTO_TCP) return fail("hostservice", EPROTONOSUPPORT, "rootless uplinks relay TCP only");
@@ -166,8 +215,8 @@ static int cmd_hostservice(uint32_t id, uint8_t proto, uint32_t port, uint32_t h
   return 0;
 }
 
-static int cmd_forward(uint32_t id, uint8_t proto, uint32_t host_port, uint32_t port) {
-  struct uplink *u = attached_uplink(id);
+static int cmd_forward(uint32_t sandbox, uint8_t proto, uint32_t host_port, uint32_t port) {
+  struct uplink *u = attached_uplink(sandbox);
   if (!u) return -1;
   if (u->nsockets == MAX_SOCKETS) return fail("forward", ENOSPC, "too many forwards for one test");
   if (hub_mode && proto != IPPROTO_TCP) return fail("forward", EPROTONOSUPPORT, "rootless uplinks relay TCP only");
@@ -200,7 +249,7 @@ static int cmd_forward(uint32_t id, uint8_t proto, uint32_t host_port, uint32_t 
       close(fd);
       return fail("forward", ENOMEM, "out of memory");
     }
-    *l = (struct listener){{LISTEN_FORWARD, fd}, id, u->base + 2, (uint16_t)port, bound, 0};
+    *l = (struct listener){{LISTEN_FORWARD, fd}, u->id, u->base + 2, (uint16_t)port, bound, 0};
     watch(&l->item, EPOLLIN, EPOLL_CTL_ADD);
     u->listeners[u->nsockets] = l;
     u->sockets[u->nsockets++] = fd;
@@ -217,13 +266,13 @@ static int cmd_forward(uint32_t id, uint8_t proto, uint32_t host_port, uint32_t 
   return 0;
 }
 
-static int cmd_egress(uint32_t id, uint32_t base, uint32_t prefix, uint8_t proto, uint32_t port) {
-  struct uplink *u = attached_uplink(id);
+static int cmd_egress(uint32_t sandbox, uint32_t base, uint32_t prefix, uint8_t proto, uint32_t port) {
+  struct uplink *u = attached_uplink(sandbox);
   if (!u) return -1;
   char cidr[24];
   snprintf(cidr, sizeof cidr, "%u.%u.%u.%u/%u", base >> 24, (base >> 16) & 255, (base >> 8) & 255, base & 255, prefix);
   char name[IFNAMSIZ];
-  outer_name(id, name);
+  outer_name(u->id, name);
   if (!hub_mode && prefix > 0) {
     char out[IFNAMSIZ];
     int err = route_oif(base, out);
@@ -252,22 +301,24 @@ static int cmd_egress(uint32_t id, uint32_t base, uint32_t prefix, uint8_t proto
 void run_command(const struct uplink_command *c) {
   struct uplink *u;
   switch (c->op) {
-  case OP_ATTACH: cmd_attach(c->id, c->pid, c->base); break;
+  case OP_REGISTER: cmd_register(c->sandbox, c->pid); break;
+  case OP_ATTACH: cmd_attach(c->sandbox, c->id, c->base); break;
   case OP_DETACH:
   case OP_RELEASE:
-    u = find_uplink(c->id);
+    /* Both are answered "ok" for a sandbox this helper does not know: there is nothing to undo. */
+    u = find_sandbox(c->sandbox);
     if (u && c->op == OP_RELEASE) release(u);
-    else if (u) take_down(u);
+    else if (u && u->has_block) take_down(u);
     reply("ok");
     break;
-  case OP_HOSTSERVICE: cmd_hostservice(c->id, c->proto, c->port, c->host_port); break;
-  case OP_FORWARD: cmd_forward(c->id, c->proto, c->host_port, c->port); break;
-  case OP_EGRESS: cmd_egress(c->id, c->cidr_base, c->cidr_prefix, c->proto, c->port); break;
+  case OP_HOSTSERVICE: cmd_hostservice(c->sandbox, c->proto, c->port, c->host_port); break;
+  case OP_FORWARD: cmd_forward(c->sandbox, c->proto, c->host_port, c->port); break;
+  case OP_EGRESS: cmd_egress(c->sandbox, c->cidr_base, c->cidr_prefix, c->proto, c->port); break;
   }
 }
 
 /* At exit: forwarding values this helper changed go back. */
 void release_all_forwarding(void) {
   for (int i = 0; i < MAX_UPLINKS; i++)
-    if (uplinks[i] && uplinks[i]->used) forwarding_unref_all(uplinks[i]);
+    if (sandboxes[i] && sandboxes[i]->used) forwarding_unref_all(sandboxes[i]);
 }

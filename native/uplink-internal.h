@@ -39,7 +39,7 @@ extern int hub_mode;
 extern char nft_table[64];
 extern uint32_t pool_base, pool_prefix;
 extern int nft_fd, rt_fd, own_netns, epoll_fd, factory;
-extern struct stat own_net, host_net;
+extern struct stat own_net, host_net, own_user;
 extern uint32_t nl_seq;
 extern const char *state_dir;
 extern volatile sig_atomic_t stopping;
@@ -50,11 +50,14 @@ struct rule {
 };
 
 struct listener;
+/* A registered sandbox and its uplink, if it has one. */
 struct uplink {
-  int used, attached;
-  uint32_t id, base;
+  int used;      /* registered */
+  int has_block; /* id and base are set: vn<id> exists */
+  int attached;  /* up */
+  uint32_t sandbox, id, base;
   pid_t pid;
-  int netns_fd; /* the sandbox's network namespace, held from the first attach to release */
+  int netns_fd; /* the sandbox's network namespace, held from register to release */
   struct rule rules[MAX_RULES];
   int nrules;
   int sockets[MAX_SOCKETS]; /* root: reserved host ports; hub: forward listeners */

@@ -3,9 +3,10 @@
  *
  * One per Vitest run. It gives a sandbox (a netns-launch process) a veth pair
  * with NAT and port forwards, and takes it away again, on request: one
- * command per line on stdin, one reply per line on stdout ("ok[ value]" or
- * "error <step>: <ERRNO>: <message>"). Everything is done with netlink from
- * this one process (an `ip` or `nft` process per step costs 10+ ms here).
+ * command per line on stdin, one reply per line on stdout, matched by a
+ * request number (uplink-protocol.c). A sandbox is named by the number the
+ * pool registered it under, never by a pid. Everything is done with netlink
+ * from this one process (an `ip` or `nft` process per step costs 10+ ms here).
  *
  *   --root  runs in the host's namespaces (Vitest runs as root). Rules live
  *           in table `ip vitest_netns_uplink_<pid>`, created with the owner
@@ -48,7 +49,7 @@ int hub_mode;
 char nft_table[64];
 uint32_t pool_base, pool_prefix;
 int nft_fd = -1, rt_fd = -1, own_netns = -1, epoll_fd = -1, factory = -1;
-struct stat own_net, host_net;
+struct stat own_net, host_net, own_user;
 uint32_t nl_seq;
 const char *state_dir = "/run/vitest-netns";
 volatile sig_atomic_t stopping;
@@ -112,7 +113,7 @@ int uplink_main(int argc, char **argv) {
     else if (strcmp(argv[i], "--state-dir") == 0 && i + 1 < argc) state_dir = argv[++i];
     else root = hub = 1; /* unknown: usage below */
   }
-  if (root == hub || !pool || parse_cidr(pool, &pool_base, &pool_prefix) < 0 || pool_prefix > 30) {
+  if (root == hub || !pool || parse_cidr(pool, 0, &pool_base, &pool_prefix) < 0 || pool_prefix > 30) {
     fprintf(stderr, "usage: netns-launch uplink (--root | --hub) --pool A.B.C.D/N [--state-dir DIR]\n");
     return 2;
   }
@@ -158,6 +159,8 @@ int uplink_main(int argc, char **argv) {
   }
   own_netns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
   if (own_netns < 0 || fstat(own_netns, &own_net) < 0) return start_failed("netns", errno, "/proc/self/ns/net");
+  /* Every sandbox of this run has a user namespace that is a child of this one (see register). */
+  if (stat("/proc/self/ns/user", &own_user) < 0) return start_failed("userns", errno, "/proc/self/ns/user");
   if ((rt_fd = netlink_socket(NETLINK_ROUTE)) < 0) return start_failed("rtnetlink", errno, "socket");
   if ((nft_fd = netlink_socket(NETLINK_NETFILTER)) < 0) return start_failed("nf_tables", errno, "socket");
   if (!hub) {
@@ -170,7 +173,7 @@ int uplink_main(int argc, char **argv) {
   struct item in = {STDIN, 0};
   fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
   watch(&in, EPOLLIN, EPOLL_CTL_ADD);
-  reply("ready %d", hub ? (int)getpid() : 0);
+  say("ready %d", hub ? (int)getpid() : 0);
 
   static struct line_reader reader;
   while (!stopping) {

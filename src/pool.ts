@@ -5,7 +5,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { EventEmitter } from 'node:events'
 import { relative, resolve } from 'node:path'
-import { createInterface } from 'node:readline'
 import type { Duplex } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import {
@@ -22,7 +21,7 @@ import { formatAttempts, queryAttempts } from './attempts.js'
 import type { ResolvedUplinkOptions } from './config.js'
 import { launchCommand, type LaunchPlan } from './launcher.js'
 import { uplinkDaemon, UplinkSession, type UplinkMode } from './uplink-host.js'
-import type { UplinkEnvelope, UplinkRequest } from './uplink-protocol.js'
+import { MAX_REQUEST_LINE, parseUplinkRequest, splitLines, type UplinkEnvelope } from './uplink-protocol.js'
 
 export const POOL_NAME = 'netns'
 export const ENVIRONMENT_NAME = 'netns'
@@ -247,26 +246,31 @@ export class NetnsPoolWorker implements PoolWorker {
     this.child?.send(message)
   }
 
-  /** Answers the worker's uplink requests (src/uplink.ts) until it exits; then its uplink is released. */
+  /**
+   * Answers the worker's uplink requests (src/uplink.ts) until it exits; then its uplink is released.
+   * The worker runs the test's code: every line is checked (parseUplinkRequest) before anything is
+   * done for it, and only the pool's own facts (the pid it spawned) name the sandbox to the helper.
+   */
   private serveUplink(child: ChildProcess, uplink: NonNullable<ProjectPlan['uplink']>, channel: Duplex) {
     const logger = this.options.project.vitest.logger
     // The run's helper: started with the run (plugin.ts), the same one for every worker (uplinkDaemon caches it).
     const session = new UplinkSession(() => uplinkDaemon(uplink.mode, uplink.options), child.pid!, (message) => warnOnce(logger, message))
-    createInterface({ input: channel }).on('line', (line) => {
-      let request: UplinkRequest & { seq: number }
-      try {
-        request = JSON.parse(line)
-      } catch {
-        return
-      }
-      void session
-        .handle(request)
-        .catch((error: Error) => ({ error: error.message }))
-        .then((reply) => {
-          const envelope: UplinkEnvelope = { seq: request.seq, ...reply }
-          if (!channel.destroyed) channel.write(`${JSON.stringify(envelope)}\n`)
-        })
-    })
+    // The worker's first message: the launcher has made the namespaces, so the pid is the sandbox's now.
+    child.once('message', () => void session.register().catch(() => undefined))
+    const answer = (envelope: UplinkEnvelope) => {
+      if (!channel.destroyed) channel.write(`${JSON.stringify(envelope)}\n`)
+    }
+    channel.on(
+      'data',
+      splitLines(MAX_REQUEST_LINE, (line) => {
+        const parsed = line instanceof Error ? { seq: -1, error: `vitest-environment-netns: bad uplink request: ${line.message}.` } : parseUplinkRequest(line)
+        if (parsed.error !== undefined) return answer({ seq: parsed.seq, error: parsed.error })
+        void session
+          .handle(parsed.request)
+          .catch((error: Error) => ({ error: error.message }))
+          .then((reply) => answer({ seq: parsed.seq, ...reply }))
+      }),
+    )
     channel.on('error', () => {}) // the worker went away: its exit releases the uplink
     child.once('exit', () => void session.release())
   }

@@ -8,15 +8,20 @@
 //     launcher's --hub), so the hub's root may configure it. The hub relays
 //     forwards and host services to the host's loopback itself (no
 //     /dev/net/tun needed); only egress beyond the machine goes through pasta.
-// Each netns worker gets an UplinkSession that turns its requests into
-// helper commands. Interface names (vn<id>, id = the /30's index in the IPv4
-// space) and host ports (bound sockets) are unique by kernel rules, which is
-// the lock between two runs at once.
+// Each netns worker gets an UplinkSession that turns its requests (already
+// checked by parseUplinkRequest, src/uplink-protocol.ts) into helper
+// commands, built from numbers and fixed words only. The pool registers each
+// sandbox with the helper under a number of its own ("register <sandbox>
+// <pid>", the pid of the launcher it spawned); every later command names that
+// number, never a pid. Replies carry the command's request number, so they
+// are matched by number, not by order. Interface names (vn<id>, id = the
+// /30's index in the IPv4 space) and host ports (bound sockets) are unique by
+// kernel rules, which is the lock between two runs at once.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, readlinkSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { nativeLauncherPath } from './launcher.js'
-import { formatAddress, parseCidr } from './ipv4.js'
+import { formatAddress, formatCidr, parseCidr, type Cidr } from './ipv4.js'
 import { routedInHub } from './routes.js'
 import { startEgressHelper } from './uplink-egress.js'
 import type { ResolvedUplinkOptions } from './config.js'
@@ -34,13 +39,29 @@ export class UplinkError extends Error {
 interface Pending {
   resolve: (value: string) => void
   reject: (error: Error) => void
-  command: string
+  command: HelperCommand
 }
 
-/** The `netns-launch uplink` helper: one command per line in, one reply per line out, in order. */
+type HelperCommand = 'register' | 'attach' | 'detach' | 'release' | 'hostservice' | 'forward' | 'egress'
+/** What a helper command is made of: whole numbers, the two protocol names, CIDR blocks (written here). */
+type HelperArg = number | 'tcp' | 'udp' | Cidr
+
+function helperArg(arg: HelperArg): string {
+  if (typeof arg === 'number') {
+    if (!Number.isSafeInteger(arg) || arg < 0) throw new UplinkError(`internal error: ${arg} in an uplink helper command`)
+    return String(arg)
+  }
+  if (arg === 'tcp' || arg === 'udp') return arg
+  if (typeof arg === 'object' && arg !== null) return formatCidr(arg)
+  throw new UplinkError(`internal error: ${JSON.stringify(arg)} in an uplink helper command`)
+}
+
+/** The `netns-launch uplink` helper: one command per line in, one reply per line out, matched by request number. */
 export class UplinkDaemon {
   readonly hubPid: number
-  private readonly pending: Pending[] = []
+  private readonly pending = new Map<number, Pending>()
+  private lastRequest = 0
+  private lastSandbox = 0
   private closed: Error | undefined
   /** Indexes (/30 blocks of the pool) in use by this run. */
   private readonly used = new Set<number>()
@@ -97,13 +118,16 @@ export class UplinkDaemon {
   private async readReplies(lines: AsyncIterableIterator<string>) {
     try {
       for await (const line of lines) {
-        const waiting = this.pending.shift()
-        if (!waiting) continue
-        if (line === 'ok' || line.startsWith('ok ')) waiting.resolve(line.slice(3))
+        // "<request> ok[ value]" or "<request> error <step>: <ERRNO>: <message>"
+        const match = /^([1-9][0-9]{0,9}) (ok|error)(?: (.*))?$/.exec(line)
+        const waiting = match && this.pending.get(Number(match[1]))
+        if (!match || !waiting) continue // request 0: a line the helper could not read, which this side never writes
+        this.pending.delete(Number(match[1]))
+        if (match[2] === 'ok') waiting.resolve(match[3] ?? '')
         else {
-          // "error <step>: <ERRNO>: <message>", named after the command unless the step already says it.
-          const what = waiting.command.split(' ')[0]!
-          const detail = line.replace(/^error /, '')
+          // Named after the command unless the step already says it.
+          const what = waiting.command
+          const detail = match[3] ?? 'no detail'
           waiting.reject(new UplinkError(detail.startsWith(`${what}:`) ? detail : `${what}: ${detail}`))
         }
       }
@@ -111,7 +135,8 @@ export class UplinkDaemon {
       // the stream broke: treated as the helper exiting
     }
     this.closed ??= new UplinkError(`the uplink helper exited unexpectedly: ${await this.exitReason()}`)
-    for (const waiting of this.pending.splice(0)) waiting.reject(this.closed)
+    for (const waiting of this.pending.values()) waiting.reject(this.closed)
+    this.pending.clear()
   }
 
   /** How the helper ended and its last words, waiting briefly for the exit status after stdout closed. */
@@ -129,12 +154,27 @@ export class UplinkDaemon {
     return `${status}${said ? `; it said: ${said}` : ''}. Please report this with the output above.`
   }
 
-  command(line: string): Promise<string> {
+  /** Sends one command; resolves with what follows "ok" in its reply. */
+  command(command: HelperCommand, ...args: HelperArg[]): Promise<string> {
     if (this.closed) return Promise.reject(this.closed)
+    let line: string
+    try {
+      line = [command, ...args.map(helperArg)].join(' ')
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    this.lastRequest = this.lastRequest >= 0x7fffffff ? 1 : this.lastRequest + 1
+    const request = this.lastRequest
     return new Promise((resolve, reject) => {
-      this.pending.push({ resolve, reject, command: line })
-      this.child.stdin!.write(`${line}\n`)
+      this.pending.set(request, { resolve, reject, command })
+      this.child.stdin!.write(`${request} ${line}\n`)
     })
+  }
+
+  /** A new number for a sandbox (see UplinkSession.register). */
+  sandboxId(): number {
+    this.lastSandbox = this.lastSandbox >= 0x7fffffff ? 1 : this.lastSandbox + 1
+    return this.lastSandbox
   }
 
   /** A free /30 of the pool: its index, the helper's id (the /30's index in the IPv4 space), gateway and address. */
@@ -171,6 +211,9 @@ export class UplinkDaemon {
   }
 }
 
+/** Requests one worker may have waiting at once. */
+const MAX_QUEUED = 16
+
 const daemons = new Map<string, Promise<UplinkDaemon>>()
 const HOST_KEY = Symbol.for('vitest-environment-netns:uplink-host')
 
@@ -202,9 +245,10 @@ export function registeredUplinkHost(): Starter | undefined {
 }
 
 /**
- * One worker process's uplink: created on its first request, released when
- * the process ends (its namespace, and with it the veth, goes away).
- * Several tests of one file using the uplink at once share it.
+ * One worker process's uplink: its sandbox is registered with the helper once
+ * the worker runs (register), the uplink is made on its first attach, and
+ * both are released when the process ends (its namespace, and with it the
+ * veth, goes away). Several tests of one file using the uplink at once share it.
  */
 export class UplinkSession {
   private block: { index: number; id: number; base: number } | undefined
@@ -212,37 +256,59 @@ export class UplinkSession {
   private warned = false
   private released = false
   private queue: Promise<unknown> = Promise.resolve()
+  private waiting = 0
+  private registration: Promise<{ daemon: UplinkDaemon; sandbox: number }> | undefined
 
   constructor(
     private readonly daemon: () => Promise<UplinkDaemon>,
+    /** The launcher the pool spawned: in the sandbox's namespaces once the worker runs. */
     private readonly pid: number,
     private readonly warn: (message: string) => void,
   ) {}
 
+  /**
+   * Registers the sandbox with the helper under a new number, which every
+   * later command names: the helper opens the namespace of the pid given here,
+   * once, and checks it is a sandbox's. Call it once the launcher has made the
+   * namespaces (the worker's first message); the first request also does.
+   */
+  register(): Promise<{ daemon: UplinkDaemon; sandbox: number }> {
+    this.registration ??= (async () => {
+      const daemon = await this.daemon()
+      const sandbox = daemon.sandboxId()
+      await daemon.command('register', sandbox, this.pid)
+      return { daemon, sandbox }
+    })()
+    return this.registration
+  }
+
   /** One request at a time per worker: two tests attaching at once must share one uplink, not race for two. */
   handle(request: UplinkRequest): Promise<UplinkReply> {
-    const result = this.queue.then(() => this.handleNow(request))
+    // A worker has no reason to queue many: more is a test flooding the channel.
+    if (this.waiting >= MAX_QUEUED) return Promise.reject(new UplinkError(`more than ${MAX_QUEUED} uplink requests at once from one test file`))
+    this.waiting++
+    const result = this.queue.then(() => this.handleNow(request)).finally(() => this.waiting--)
     this.queue = result.catch(() => undefined)
     return result
   }
 
   private async handleNow(request: UplinkRequest): Promise<UplinkReply> {
-    const daemon = await this.daemon()
+    const { daemon, sandbox } = await this.register()
     switch (request.op) {
       case 'attach':
-        return this.attach(daemon, request.egress)
+        return this.attach(daemon, sandbox, request.egress)
       case 'detach':
-        if (this.block && this.users > 0 && --this.users === 0) await daemon.command(`detach ${this.block.id}`)
+        if (this.block && this.users > 0 && --this.users === 0) await daemon.command('detach', sandbox)
         return {}
       case 'forward': {
-        const { id } = this.attached()
-        const port = await daemon.command(`forward ${id} ${request.protocol} ${request.hostPort ?? 0} ${request.port}`)
+        this.attached()
+        const port = await daemon.command('forward', sandbox, request.protocol, request.hostPort ?? 0, request.port)
         return { host: '127.0.0.1', port: Number(port) }
       }
       case 'hostService': {
-        const { id, base } = this.attached()
+        const { base } = this.attached()
         const inside = request.as ?? request.port
-        await daemon.command(`hostservice ${id} ${request.protocol} ${inside} ${request.port}`)
+        await daemon.command('hostservice', sandbox, request.protocol, inside, request.port)
         return { host: formatAddress(base + 1), port: inside }
       }
     }
@@ -253,7 +319,7 @@ export class UplinkSession {
     return this.block
   }
 
-  private async attach(daemon: UplinkDaemon, egress: EgressRule[] | undefined): Promise<UplinkReply> {
+  private async attach(daemon: UplinkDaemon, sandbox: number, egress: EgressRule[] | undefined): Promise<UplinkReply> {
     if (!this.block) {
       // Random start: two root runs at once rarely try the same /30; if they do, the name clash (EEXIST) moves one on.
       let start = Math.floor(Math.random() * 1024)
@@ -261,7 +327,7 @@ export class UplinkSession {
         const block = daemon.allocate(start)
         if (!block) throw new UplinkError(`the uplink pool ${daemon.options.pool} is exhausted; give a larger one (uplink.pool)`)
         try {
-          await daemon.command(`attach ${block.id} ${this.pid} ${formatAddress(block.base)}`)
+          await daemon.command('attach', sandbox, block.id, { base: block.base, prefix: 32 })
           this.block = block
           if (this.released) {
             await this.release()
@@ -275,10 +341,10 @@ export class UplinkSession {
         }
       }
     } else if (this.users === 0) {
-      await daemon.command(`attach ${this.block.id} ${this.pid} ${formatAddress(this.block.base)}`)
+      await daemon.command('attach', sandbox, this.block.id, { base: this.block.base, prefix: 32 })
     }
     this.users++
-    const { id, base } = this.block
+    const { base } = this.block
     let notice: string | undefined
     for (const rule of egress ?? []) {
       if (daemon.mode === 'rootless' && !routedInHub(daemon.hubPid, rule.cidr)) {
@@ -289,20 +355,22 @@ export class UplinkSession {
           this.warn(`vitest-environment-netns: uplink: ${problem}. Addresses reachable from the hub namespace still work.`)
         }
       }
-      await daemon.command(`egress ${id} ${rule.cidr}${rule.protocol ? ` ${rule.protocol} ${rule.port}` : ''}`)
+      const cidr = parseCidr(rule.cidr)
+      if (!cidr) throw new UplinkError(`internal error: egress rule ${JSON.stringify(rule.cidr)} was not checked`)
+      await daemon.command('egress', sandbox, cidr, ...(rule.protocol ? [rule.protocol, rule.port ?? 0] : []))
     }
     return { address: formatAddress(base + 2), gateway: formatAddress(base + 1), interface: 'eth0', notice }
   }
 
-  /** The worker process ended: its namespace takes the veth with it. */
+  /** The worker process ended: the helper forgets its sandbox; its namespace takes the veth with it. */
   async release() {
     this.released = true
-    if (!this.block) return
-    const { id, index } = this.block
+    const block = this.block
     this.block = undefined
-    const daemon = await this.daemon()
-    await daemon.command(`release ${id}`).catch(() => undefined)
-    daemon.free(index)
+    const registered = await this.registration?.catch(() => undefined)
+    if (!registered) return
+    await registered.daemon.command('release', registered.sandbox).catch(() => undefined)
+    if (block) registered.daemon.free(block.index)
   }
 }
 
@@ -333,6 +401,7 @@ export async function tryUplink(mode: UplinkMode, options: ResolvedUplinkOptions
     }
     const session = new UplinkSession(() => Promise.resolve(daemon), sandbox.pid!, () => {})
     try {
+      await session.register()
       await session.handle({ op: 'attach' })
       await session.handle({ op: 'detach' })
     } catch (error) {
