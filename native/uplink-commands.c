@@ -115,6 +115,11 @@ static int cmd_attach(uint32_t sandbox, uint32_t id, uint32_t base) {
     u->has_block = 1;
     u->id = id;
     u->base = base;
+    /* Both ends are still down: IPv6 goes off before either could get an address. */
+    if ((err = disable_ipv6(-1, name)) || (err = disable_ipv6(u->netns_fd, "eth0"))) {
+      u->has_block = 0;
+      return fail("ipv6", err, "cannot turn IPv6 off on %s and its eth0", name);
+    }
     index = ifindex_via(rt_fd, name);
     err = index < 0 ? -index : add_address(rt_fd, index, base + 1);
     /* Per interface only: the host's global ip_forward stays as it is. */

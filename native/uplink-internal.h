@@ -102,6 +102,7 @@ int link_up(int fd, int index, int up);
 int add_address(int fd, int index, uint32_t addr);
 int create_veth(const char *name, int netns_fd);
 int route_oif(uint32_t addr, char name[IFNAMSIZ]);
+int disable_ipv6(int netns_fd, const char *ifname);
 int in_netns(int netns_fd, int protocol, int (*fn)(int nl, void *), void *arg);
 struct inner_args {
   uint32_t address, gateway;

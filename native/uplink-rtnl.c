@@ -228,3 +228,28 @@ int abort_connections(int diag, void *p) {
   return 0;
 }
 
+
+/*
+ * IPv6 off on `ifname` in the network namespace `netns_fd` (-1: this one),
+ * before the link is ever up: no link-local address is made, and the kernel
+ * drops every IPv6 packet that arrives on it. The uplink's rules are IPv4
+ * rules; this keeps IPv6 from going around them. A kernel without IPv6 has
+ * nothing to turn off.
+ */
+int disable_ipv6(int netns_fd, const char *ifname) {
+  char path[128];
+  snprintf(path, sizeof path, "/proc/sys/net/ipv6/conf/%.16s/disable_ipv6", ifname);
+  /* /proc/sys/net is the namespace of whoever opens it: open there, write from here. */
+  if (netns_fd >= 0 && setns(netns_fd, CLONE_NEWNET) < 0) return errno;
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  int err = fd < 0 ? errno : 0;
+  if (netns_fd >= 0 && setns(own_netns, CLONE_NEWNET) < 0) {
+    fprintf(stderr, "netns-launch uplink: cannot return to its own network namespace\n");
+    _exit(1);
+  }
+  if (err == ENOENT && access("/proc/sys/net/ipv6/conf", F_OK) < 0 && errno == ENOENT) return 0;
+  if (err) return err;
+  err = write(fd, "1", 1) < 0 ? errno : 0;
+  close(fd);
+  return err;
+}
