@@ -453,3 +453,59 @@ describe('rootless egress past the machine', () => {
     expect(result.records.egressNat.a.reply).toBe('198.51.100.1 8080')
   })
 })
+
+describe('IPv6 and the uplink', () => {
+  // The outer rules are IPv4 rules: IPv6 must not cross the uplink at all. A listener on [::] in
+  // this process stands for any host service listening on all addresses; the test with an uplink
+  // tries it at the gateway's link-local address. Rootless, the gateway is the hub, where no host
+  // service listens: there the addresses themselves are what is checked.
+  test.skipIf(!existsSync('/proc/sys/net/ipv6'))('no IPv6 address on either end, and the gateway cannot be reached over IPv6', async () => {
+    const server = createServer((socket) => socket.end('reached over IPv6\n'))
+    await new Promise<void>((resolve) => server.listen(0, '::', () => resolve()))
+    const port = (server.address() as { port: number }).port
+    let outer: Promise<string[]> | undefined
+    try {
+      const result = await run({
+        include: 'test/ipv6.test.ts',
+        env: { NETNS_NO_UPSTREAM: '1', NETNS_V6_PORT: String(port), NETNS_TEST_TIMEOUT: '30000' },
+        onSpawn: (_, info) => (outer = tellGateway(info.recordDir)),
+      })
+      expect(result.code, failures(result)).toBe(0)
+      const { ipv6 } = result.records
+      expect(ipv6.result.reply, JSON.stringify(ipv6)).toBeUndefined()
+      expect(ipv6.result.error).toBeDefined()
+      expect(ipv6.eth0, 'IPv6 addresses of eth0').toEqual([])
+      expect(await outer, 'IPv6 addresses of the outer end').toEqual([])
+    } finally {
+      server.close()
+    }
+  })
+})
+
+/**
+ * Once the test has its uplink, reads the outer end's IPv6 addresses (host or hub namespace),
+ * waits for its link-local one to be usable, and tells the test (ipv6-gateway.json).
+ */
+async function tellGateway(recordDir: string): Promise<string[]> {
+  const file = join(recordDir, 'ipv6-gateway.json')
+  try {
+    const ready = await waitFor('the IPv6 test to attach', () => {
+      const path = join(recordDir, 'ipv6Ready.record.json')
+      return existsSync(path) ? JSON.parse(readFileSync(path, 'utf8')) : undefined
+    }, 60_000)
+    const name = outerInterface(ready.address)
+    const hub = root ? undefined : processesOfRun(recordDir).find((p) => p.comm === 'netns-hub')?.pid
+    const addresses = () =>
+      readFileSync(hub ? `/proc/${hub}/net/if_inet6` : '/proc/self/net/if_inet6', 'utf8')
+        .split('\n')
+        .map((line) => line.trim().split(/\s+/))
+        .filter((fields) => fields[5] === name)
+    for (let i = 0; i < 100 && addresses().some((fields) => parseInt(fields[4]!, 16) & 0x40); i++) await new Promise((r) => setTimeout(r, 50))
+    const found = addresses().map((fields) => fields[0]!.replace(/(.{4})(?!$)/g, '$1:'))
+    writeFileSync(file, JSON.stringify({ address: found.find((a) => a.startsWith('fe80:')) ?? null }))
+    return found
+  } catch (error) {
+    writeFileSync(file, JSON.stringify({ address: null }))
+    throw error
+  }
+}
