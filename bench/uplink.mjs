@@ -209,8 +209,10 @@ async function setUp(args) {
   const enter = hubPid ? ['nsenter', '-t', String(hubPid), '-U', '-n', '--preserve-credentials', '--'] : []
   const warnings = []
   // The pool's own UplinkSession; each call bounded, so a stuck helper fails the run instead of hanging it.
-  const session = (pid) => {
+  // Registered first, untimed: the pool registers a sandbox when its worker starts, before any test asks.
+  const session = async (pid) => {
     const real = new UplinkSession(() => Promise.resolve(daemon), pid, (message) => warnings.push(message))
+    await within(real.register(), 10_000, 'uplink register')
     return {
       handle: (request) => within(real.handle(request), 10_000, `uplink ${request.op}`),
       release: () => within(real.release(), 10_000, 'uplink release'),
@@ -256,7 +258,7 @@ async function benchAttach(ctx, args) {
     try {
       // `cat` keeps the sandbox alive until its stdin ends.
       box = await ctx.sandbox(`sandbox ${i + 1}`, ['/bin/sh', '-c', 'echo ready; exec cat'])
-      const session = ctx.session(box.pid)
+      const session = await ctx.session(box.pid)
       const [attach, detach] = await timedAttachDetach(session)
       r.firstAttach.push(attach), r.firstDetach.push(detach), r.first.push(attach + detach)
       await session.release()
@@ -270,7 +272,7 @@ async function benchAttach(ctx, args) {
   let box
   try {
     box = await ctx.sandbox('cycling sandbox', ['/bin/sh', '-c', 'echo ready; exec cat'])
-    const session = ctx.session(box.pid)
+    const session = await ctx.session(box.pid)
     await session.handle({ op: 'attach' }) // creates the veth: not part of the cycles
     await session.handle({ op: 'detach' })
     for (let c = 0; c < C; c++) {
@@ -494,7 +496,7 @@ async function benchNet(ctx, args) {
 
     const box = await ctx.sandbox('sandbox peer', [process.execPath, peerScript, args.pool])
     started.push(box)
-    session = ctx.session(box.pid)
+    session = await ctx.session(box.pid)
     const attached = await session.handle({ op: 'attach', egress: upstream ? [{ cidr: UPSTREAM.net }] : [] })
     if (upstream) paths.push({ name: `veth egress → upstream ${UPSTREAM.inner}`, client: box, host: UPSTREAM.inner, port: upstream.port })
     const service = await session.handle({ op: 'hostService', port: hostPort, protocol: 'tcp' })

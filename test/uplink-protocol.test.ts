@@ -12,9 +12,9 @@ import { failures, runFixture } from './helpers'
 import { processesOfRun, waitFor } from './leftovers'
 
 const root = process.getuid?.() === 0
-// A pool of its own: other runs (other test files) make uplinks meanwhile, in the host's namespace as root.
-const POOL = '10.214.0.0/16'
-const POOL_FIRST_ID = (10 * 2 ** 24 + 214 * 2 ** 16) / 4
+// A pool of its own (not the fixture's, nor bench/uplink.mjs's): other runs make uplinks meanwhile, in the host's namespace as root.
+const POOL = '10.217.0.0/16'
+const POOL_FIRST_ID = (10 * 2 ** 24 + 217 * 2 ** 16) / 4
 const NFT = existsSync('/usr/sbin/nft') ? '/usr/sbin/nft' : 'nft'
 
 interface Inspection {
@@ -83,7 +83,7 @@ test('crafted uplink requests get errors, change nothing, and the next legitimat
   expect(attack.unattributed.map((r: any) => r.error).join('\n')).toMatch(/a request line is at most 8192 bytes/)
 
   // Replies were not shifted: the legitimate requests got their own answers.
-  expect(attack.attached.address).toMatch(/^10\.214\./)
+  expect(attack.attached.address).toMatch(/^10\.217\./)
   expect(attack.fence).toEqual({ seq: 100, address: attack.attached.address, gateway: attack.attached.gateway, interface: 'eth0' })
 
   // Nothing changed outside: only the attacker's own uplink exists, with no rule of its own.
