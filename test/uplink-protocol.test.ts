@@ -4,11 +4,12 @@
 // gets an error, nothing changes in any namespace (looked at from here: the
 // outer namespace's uplink interfaces and rules, the victim's interfaces),
 // and legitimate requests still work, on the same channel and in the victim.
-import { execFileSync } from 'node:child_process'
-import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { createInterface } from 'node:readline'
 import { expect, test } from 'vitest'
-import { failures, runFixture } from './helpers'
+import { failures, repoRoot, runFixture } from './helpers'
 import { processesOfRun, waitFor } from './leftovers'
 
 const root = process.getuid?.() === 0
@@ -100,4 +101,94 @@ test('crafted uplink requests get errors, change nothing, and the next legitimat
   expect(attackerLegit.ping.reply, JSON.stringify(attackerLegit)).toBe('+PONG')
   expect(victimLegit.ping.reply).toBe('+PONG')
   expect(result.code, failures(result)).toBe(0)
+})
+
+/** The helper's own check, as a second line of defence: lines the pool would never send, straight to its stdin. */
+test('the helper refuses bad lines and foreign pids itself, and still answers the next good line', async () => {
+  const launcher = join(repoRoot, 'build', 'netns-launch')
+  const own = readlinkSync('/proc/self/ns/net')
+  const children: ChildProcess[] = []
+  const spawned = (file: string, args: string[]) => {
+    const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] })
+    children.push(child)
+    return child
+  }
+  /** Waits (bounded) until `pid` is in a network namespace other than this one. */
+  const unshared = async (pid: number) =>
+    waitFor(`pid ${pid} to unshare`, () => {
+      try {
+        return readlinkSync(`/proc/${pid}/ns/net`) !== own || undefined
+      } catch {
+        return undefined
+      }
+    }, 10_000)
+  try {
+    const helper = spawned(launcher, ['uplink', root ? '--root' : '--hub', '--pool', '10.218.0.0/16'])
+    const replies = new Map<number, string[]>()
+    createInterface({ input: helper.stdout! }).on('line', (line) => {
+      const id = Number(/^(\d+) /.exec(line)?.[1] ?? -1)
+      replies.set(id, [...(replies.get(id) ?? []), line])
+    })
+    const ready = await waitFor('the helper to start', () => replies.get(-1)?.find((l) => l.startsWith('ready ')), 10_000)
+    const hub = Number(ready.split(' ')[1])
+    // A sandbox of this helper, and a process in a network namespace of its own that is not one: its user
+    // namespace is the helper's own (rootless: the hub's, entered, so the hub may open it), not a child.
+    const sandbox = spawned(launcher, [...(root ? [] : ['--hub', String(hub)]), '--', 'sleep', '30'])
+    const enterHub = root ? [] : ['nsenter', '-t', String(hub), '-U', '--preserve-credentials', '--']
+    const foreign = spawned(enterHub[0] ?? 'unshare', [...enterHub.slice(1), ...(root ? [] : ['unshare']), '-n', '--', 'sleep', '30'])
+    await unshared(sandbox.pid!)
+    await unshared(foreign.pid!)
+    const base = 10 * 2 ** 24 + 218 * 2 ** 16 + 4 * 5
+    const address = (n: number) => [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.')
+    const lines = [
+      `1 attach 1 ${base / 4} ${address(base)}`,
+      `2 register 2 ${process.pid}`,
+      `3 register 3 ${foreign.pid}`,
+      `4 register 4 ${sandbox.pid}`,
+      `5 register 4 ${sandbox.pid}`,
+      `6 attach 4 ${base / 4 + 1} ${address(base)}`,
+      `7 attach 4 ${(base + 2 ** 16) / 4} ${address(base + 2 ** 16)}`,
+      `8 hostservice 4 tcp 080 80`,
+      `9 hostservice 4 tcp -1 80`,
+      `10 hostservice 4 tcp 80 80 80`,
+      `11  detach 4`,
+      `12 egress 4 10.0.0.0/8; release 4`,
+      `13 egress 4 10.0.0.0/8 tcp 4294967377`,
+      `14 frobnicate 4`,
+      `15 detach 4\t`,
+      `x detach 4`,
+      `16 detach 4 ${'9'.repeat(1000)}`,
+      `17 attach 4 ${base / 4} ${address(base)}`,
+      `18 release 4`,
+    ]
+    helper.stdin!.write(lines.map((line) => `${line}\n`).join(''))
+    await waitFor('the reply to request 18', () => replies.get(18), 10_000)
+    const of = (id: number) => replies.get(id)?.join('\n')
+    expect(of(1)).toBe('1 error command: ENOENT: sandbox 1 is not registered')
+    // Refused by the check, or (rootless) already by the kernel: the hub may not even open a namespace it has no power over.
+    const unreadable = String.raw`EACCES: cannot open /proc/\d+/ns/net`
+    expect(of(2)).toMatch(new RegExp(String.raw`^2 error register: (EPERM: pid \d+ is not in a sandbox's network namespace|${unreadable})`))
+    expect(of(3)).toMatch(/^3 error register: EPERM: pid \d+ is not a sandbox of this run \(its user namespace is not a child of the helper's\)$/)
+    expect(of(4)).toBe('4 ok')
+    expect(of(5)).toBe('5 error register: EEXIST: sandbox 4 is registered already')
+    expect(of(6)).toMatch(/^6 error command: EINVAL: usage: attach SANDBOX ID A\.B\.C\.D/)
+    expect(of(7)).toMatch(/^7 error command: EINVAL: 10\.219\.0\.20 is not a \/30 of the pool$/)
+    for (const id of [8, 9]) expect(of(id)).toMatch(new RegExp(`^${id} error command: EINVAL: usage: hostservice`))
+    expect(of(10)).toBe('10 error command: EINVAL: unknown command or wrong number of arguments: hostservice')
+    expect(of(11)).toBe('11 error command: EINVAL: empty field in a command line')
+    expect(of(12)).toMatch(/^12 error command: EINVAL: usage: egress/)
+    expect(of(13)).toMatch(/^13 error command: EINVAL: usage: egress/)
+    expect(of(14)).toBe('14 error command: EINVAL: unknown command or wrong number of arguments: frobnicate')
+    // Lines whose request number cannot be trusted are answered as request 0, one reply each.
+    expect(replies.get(0)).toEqual([
+      '0 error command: EINVAL: control character in a command line',
+      '0 error command: EINVAL: bad request number',
+      '0 error command: E2BIG: a command line longer than 512 bytes',
+    ])
+    // After all that, a good attach of the registered sandbox works, and so does its release.
+    expect(of(17)).toBe('17 ok')
+    expect(of(18)).toBe('18 ok')
+  } finally {
+    for (const child of children) child.kill('SIGKILL')
+  }
 })
