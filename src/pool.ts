@@ -28,6 +28,8 @@ export const ENVIRONMENT_NAME = 'netns'
 const SIGKILL_TIMEOUT = 500
 /** stdio index of the uplink channel (after the attempts control socket, index 4). */
 const UPLINK_FD = 5
+/** Bytes of uplink answers a worker may leave unread before its channel is closed. */
+const MAX_UNREAD_ANSWERS = 1 << 20
 const workerSetupFile = fileURLToPath(new URL('./worker-setup.js', import.meta.url))
 const workerPreload = new URL('./worker-preload.js', import.meta.url).href
 // `node --import` exists from Node 20.6 on; before that the setup file adds the hints.
@@ -258,7 +260,10 @@ export class NetnsPoolWorker implements PoolWorker {
     // The worker's first message: the launcher has made the namespaces, so the pid is the sandbox's now.
     child.once('message', () => void session.register().catch(() => undefined))
     const answer = (envelope: UplinkEnvelope) => {
-      if (!channel.destroyed) channel.write(`${JSON.stringify(envelope)}\n`)
+      if (channel.destroyed) return
+      // A worker that writes requests but never reads the answers: the pool does not buffer them for ever.
+      if (channel.writableLength > MAX_UNREAD_ANSWERS) return void channel.destroy()
+      channel.write(`${JSON.stringify(envelope)}\n`)
     }
     channel.on(
       'data',
