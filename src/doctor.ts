@@ -72,11 +72,11 @@ function readValue(path: string): string | undefined {
 
 // Setup steps of the launcher, in order, as the probe names them.
 const STEPS: Array<{ feature: string; steps: string[] }> = [
-  { feature: 'user, net, mount, pid namespaces', steps: ['start', 'unshare'] },
+  { feature: 'user, net, mount, pid namespaces', steps: ['start', 'descriptors', 'unshare'] },
   { feature: 'uid/gid maps', steps: ['setgroups', 'uid_map', 'gid_map'] },
   { feature: 'loopback up', steps: ['loopback'] },
-  { feature: 'mounts (private /tmp, /etc files)', steps: ['mount', 'etc', 'tmp', 'keep'] },
-  { feature: 'process chain, dropping privileges', steps: ['fork', 'capabilities', 'exec'] },
+  { feature: 'mounts (private /tmp, /etc files)', steps: ['mount', 'etc', 'tmp', 'keep', 'proc_sys'] },
+  { feature: 'process chain, dropping privileges', steps: ['keyring', 'fork', 'capabilities', 'exec'] },
 ]
 
 function setupChecks(result: ProbeResult): Check[] {
