@@ -47,7 +47,7 @@ function detectDistro(): { family: Distro; name: string } {
 
 const PACKAGES: Record<string, Record<Distro, string>> = {
   compiler: { debian: 'gcc libc6-dev', fedora: 'gcc glibc-static', arch: 'gcc', alpine: 'build-base linux-headers', unknown: 'a C compiler and the Linux headers' },
-  tools: { debian: 'util-linux iproute2', fedora: 'util-linux iproute', arch: 'util-linux iproute2', alpine: 'util-linux iproute2', unknown: 'util-linux and iproute2' },
+  tools: { debian: 'util-linux iproute2 bash', fedora: 'util-linux iproute bash', arch: 'util-linux iproute2 bash', alpine: 'util-linux iproute2 bash', unknown: 'util-linux, iproute2 and bash' },
   pasta: { debian: 'passt', fedora: 'passt', arch: 'passt', alpine: 'passt', unknown: 'passt (pasta)' },
 }
 
