@@ -3,8 +3,11 @@
 // that opens 200 on the host's /tmp (a directory fd: a way around the private
 // /tmp) and 201 on a pipe; a marker file in the host's /tmp says whether the
 // sandbox can read through them. Both launchers.
+import { spawnSync } from 'node:child_process'
 import { rmSync, writeFileSync } from 'node:fs'
 import { afterAll, describe, expect, test } from 'vitest'
+import { resolveOptions } from '../src/config'
+import { planLauncher } from '../src/launcher'
 import { failures, runFixture } from './helpers'
 import { expectFilePassed, unique } from './isolation-helpers'
 
@@ -31,5 +34,21 @@ describe.each([
     const { worker, child, documented } = result.records.descriptors
     expect(worker.map((f: { fd: number }) => f.fd)).not.toContain(200)
     expect(child.map((f: { fd: number }) => f.fd).every((fd: number) => documented.includes(fd)), JSON.stringify(child)).toBe(true)
+  })
+})
+
+describe.each(['native', 'shell'] as const)('%s launcher, a descriptor variable that is not a number', (launcher) => {
+  test.each(['NODE_CHANNEL_FD', 'VITEST_NETNS_UPLINK_FD'])('%s=3x: refused with a message naming it, nothing started', (name) => {
+    const plan = planLauncher(resolveOptions({ launcher, recordAttempts: false }), [])
+    const result = spawnSync(plan.file, [...plan.prefix, 'sh', '-c', 'echo started'], {
+      encoding: 'utf8',
+      env: { ...process.env, [name]: '3x' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: 30_000,
+    })
+    expect(result.stdout).toBe('')
+    expect(result.stderr).toContain(`netns-launch: descriptors: EINVAL: `)
+    expect(result.stderr).toContain(`${name}=3x is not a descriptor number`)
+    expect(result.status).toBe(125)
   })
 })
