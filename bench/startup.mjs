@@ -3,7 +3,7 @@
 //
 //   npm run bench                      (builds, links the package, runs this)
 //   node bench/startup.mjs [--rounds 5] [--files 40] [--workers 2] [--iterations 50]
-//                          [--budget 900] [--run-timeout 180] [--skip-vitest] [--skip-raw] [--skip-shell]
+//                          [--budget 900] [--run-timeout 180] [--skip-vitest] [--skip-raw] [--skip-shell] [--skip-node]
 //                          [--compare-launcher PATH] [--json FILE]
 //
 // Part 1 generates three projects of N trivial test files under bench/.work/
@@ -12,7 +12,7 @@
 // rounds (the order rotates every round), timing each `vitest run` from spawn
 // to exit. Part 2 times the launchers alone, K interleaved iterations of
 // `/bin/true` and `node -e 0`, plain and through each launcher.
-// --skip-shell leaves the shell launcher out of part 2.
+// --skip-shell leaves the shell launcher out of part 2, --skip-node `node -e 0`.
 // --compare-launcher PATH adds another build of netns-launch (say, an older
 // commit's) to part 2, with the same arguments, so two builds are compared in
 // the same interleaved run.
@@ -53,7 +53,7 @@ const parse = (argv) =>
     helpLines: 24,
     defaults,
     limits,
-    flags: ['skip-vitest', 'skip-raw', 'skip-shell'],
+    flags: ['skip-vitest', 'skip-raw', 'skip-shell', 'skip-node'],
     strings: { 'compare-launcher': executableFile },
   })
 
@@ -254,10 +254,8 @@ async function benchRaw(args, deadline) {
       console.log(`  (shell launcher unavailable: ${error.message})`)
     }
   }
-  const programs = [
-    ['/bin/true', ['/bin/true']],
-    ['node -e 0', [process.execPath, '-e', '0']],
-  ]
+  const programs = [['/bin/true', ['/bin/true']]]
+  if (!args['skip-node']) programs.push(['node -e 0', [process.execPath, '-e', '0']])
   const cases = []
   for (const [pname, cmd] of programs) {
     cases.push({ program: pname, how: 'plain spawn', file: cmd[0], args: cmd.slice(1) })
