@@ -3,8 +3,8 @@
 //
 //   npm run bench                      (builds, links the package, runs this)
 //   node bench/startup.mjs [--rounds 5] [--files 40] [--workers 2] [--iterations 50]
-//                          [--budget 900] [--run-timeout 180] [--skip-vitest] [--skip-raw]
-//                          [--json FILE]
+//                          [--budget 900] [--run-timeout 180] [--skip-vitest] [--skip-raw] [--skip-shell] [--skip-node]
+//                          [--compare-launcher PATH] [--json FILE]
 //
 // Part 1 generates three projects of N trivial test files under bench/.work/
 // (A: plain forks pool, environment node; B: netns, native launcher; C: netns,
@@ -12,14 +12,18 @@
 // rounds (the order rotates every round), timing each `vitest run` from spawn
 // to exit. Part 2 times the launchers alone, K interleaved iterations of
 // `/bin/true` and `node -e 0`, plain and through each launcher.
+// --skip-shell leaves the shell launcher out of part 2, --skip-node `node -e 0`.
+// --compare-launcher PATH adds another build of netns-launch (say, an older
+// commit's) to part 2, with the same arguments, so two builds are compared in
+// the same interleaved run.
 //
 // Timing is only reported, never checked. The exit status is 1 only when a
 // run itself failed (a test failed, Vitest crashed, a run timed out), since
 // the numbers would then not mean what they say.
 import { spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
-import { dirname, join } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { performance } from 'node:perf_hooks'
 import { fmt, median, p90, parseArgs, signed, table, timeCommand } from './lib.mjs'
@@ -33,8 +37,25 @@ const vitestCli = join(repoRoot, 'node_modules', 'vitest', 'vitest.mjs')
 const defaults = { rounds: 5, files: 40, workers: 2, iterations: 50, budget: 900, 'run-timeout': 180 }
 const limits = { rounds: [1, 50], files: [1, 500], workers: [1, 64], iterations: [1, 1000], budget: [10, 7200], 'run-timeout': [5, 1800] }
 
+/** --compare-launcher: an executable file. */
+function executableFile(path) {
+  try {
+    accessSync(path, constants.X_OK)
+    return statSync(path).isFile() ? undefined : `${path} is not a file`
+  } catch {
+    return `${path} is not an executable file (build one, e.g. with cc -static -O2 -o PATH native/*.c)`
+  }
+}
+
 const parse = (argv) =>
-  parseArgs(argv, { script: import.meta.url, helpLines: 20, defaults, limits, flags: ['skip-vitest', 'skip-raw'] })
+  parseArgs(argv, {
+    script: import.meta.url,
+    helpLines: 24,
+    defaults,
+    limits,
+    flags: ['skip-vitest', 'skip-raw', 'skip-shell', 'skip-node'],
+    strings: { 'compare-launcher': executableFile },
+  })
 
 // ---------------------------------------------------------------- statistics
 
@@ -218,21 +239,31 @@ async function benchRaw(args, deadline) {
       if (bare.prefix.join(' ') !== plan.prefix.join(' ')) plans.push(['native launcher, no --record', bare])
     } catch {}
   } else console.log(`  (no native launcher at ${nativeLauncherPath}: skipped)`)
-  try {
-    plans.push(['shell launcher', planLauncher(resolveOptions({ launcher: 'shell' }), [])])
-  } catch (error) {
-    console.log(`  (shell launcher unavailable: ${error.message})`)
+  const other = args['compare-launcher']
+  if (other) {
+    // The same command lines, another build of the launcher.
+    const name = other.split('/').pop()
+    for (const [kind, plan] of plans.filter(([, p]) => p.kind === 'native')) {
+      plans.push([kind.replace('native launcher', name), { ...plan, file: resolve(other) }, kind])
+    }
   }
-  const programs = [
-    ['/bin/true', ['/bin/true']],
-    ['node -e 0', [process.execPath, '-e', '0']],
-  ]
+  if (!args['skip-shell']) {
+    try {
+      plans.push(['shell launcher', planLauncher(resolveOptions({ launcher: 'shell' }), [])])
+    } catch (error) {
+      console.log(`  (shell launcher unavailable: ${error.message})`)
+    }
+  }
+  const programs = [['/bin/true', ['/bin/true']]]
+  if (!args['skip-node']) programs.push(['node -e 0', [process.execPath, '-e', '0']])
   const cases = []
   for (const [pname, cmd] of programs) {
     cases.push({ program: pname, how: 'plain spawn', file: cmd[0], args: cmd.slice(1) })
-    for (const [kind, plan] of plans) cases.push({ program: pname, how: kind, file: plan.file, args: [...plan.prefix, ...cmd], controlFd: plan.controlFd })
+    for (const [kind, plan, counterpart] of plans) {
+      cases.push({ program: pname, how: kind, file: plan.file, args: [...plan.prefix, ...cmd], controlFd: plan.controlFd, counterpart })
+    }
   }
-  for (const c of cases) c.times = [], c.cpu = 0, c.failures = 0
+  for (const c of cases) c.times = [], c.byIteration = [], c.cpu = 0, c.failures = 0
 
   console.log(`\nPart 2: launcher alone, ${K} interleaved iterations of each command (spawn to exit, stdio ignored)`)
   // One unmeasured run of each first: page cache, first-exec costs.
@@ -252,7 +283,7 @@ async function benchRaw(args, deadline) {
       const cpuBefore = childrenCpuMs()
       const r = await timeCommand(c.file, c.args, { timeoutMs: 10_000, controlFd: c.controlFd })
       c.cpu += childrenCpuMs() - cpuBefore
-      if (r.code === 0) c.times.push(r.ms)
+      if (r.code === 0) c.times.push(r.ms), (c.byIteration[k] = r.ms)
       else c.failures++
     }
     done++
@@ -274,7 +305,26 @@ async function benchRaw(args, deadline) {
   })
   console.log('\n' + table(['command', 'n', 'median ms', 'p90 ms', 'added median ms', 'added p90 ms', 'mean CPU ms'], rows))
   console.log(`\n  mean CPU ms: user + system time of the command's whole process tree, averaged (the clock ticks every ${1000 / clockTick} ms).`)
-  return { cases: cases.map(({ program, how, times, cpu, failures, broken }) => ({ program, how, times, cpu, failures, broken: !!broken })), iterations: done }
+  const compared = cases.filter((c) => c.counterpart)
+  if (compared.length) {
+    // Paired: this build's start minus the other build's start of the same iteration, which ran next to it.
+    const compareRows = compared.map((old) => {
+      const now = cases.find((c) => c.program === old.program && c.how === old.counterpart)
+      const diffs = now.byIteration.flatMap((ms, k) => (ms !== undefined && old.byIteration[k] !== undefined ? [ms - old.byIteration[k]] : []))
+      return [
+        `${old.counterpart}: ${old.program}`,
+        diffs.length,
+        signed(median(now.times) - median(old.times), 2),
+        signed(median(diffs), 2),
+        signed(now.cpu / Math.max(1, now.times.length + now.failures) - old.cpu / Math.max(1, old.times.length + old.failures), 2),
+      ]
+    })
+    console.log(
+      `\nThis build (${nativeLauncherPath}) against ${resolve(other)}, same command lines\n\n` +
+        table(['command', 'pairs', 'median ms, this − other', 'paired median ms, this − other', 'mean CPU ms, this − other'], compareRows),
+    )
+  }
+  return { cases: cases.map(({ program, how, file, times, cpu, failures, broken }) => ({ program, how, file, times, cpu, failures, broken: !!broken })), iterations: done }
 }
 
 // ---------------------------------------------------------------- main

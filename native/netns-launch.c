@@ -1,7 +1,13 @@
 /*
- * netns-launch: start one program inside fresh user, network, mount and PID
- * namespaces, with loopback up and a private /tmp, in a single process chain
- * and without spawning helper programs (each exec costs 10+ ms on small VMs).
+ * netns-launch: start one program inside fresh user, network, mount, PID, UTS
+ * and IPC namespaces, with loopback up, a private /tmp, a read-only /proc/sys
+ * and a session keyring of its own, in a single process chain and without
+ * spawning helper programs (each exec costs 10+ ms on small VMs).
+ *
+ * Descriptors: the program starts with stdio, Vitest's IPC channel
+ * (NODE_CHANNEL_FD), the uplink channel (VITEST_NETNS_UPLINK_FD) and the
+ * attempts socket (VITEST_NETNS_FD, made here) only. Everything else the
+ * caller left open is closed first thing, before any namespace exists.
  *
  *   netns-launch [--hub PID] [--keep PATH]... [--tmp-size BYTES] [--noexec] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...
  *   netns-launch uplink ...   (the uplink daemon, see uplink.c)
@@ -45,6 +51,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -65,6 +72,14 @@
 #define SECBIT_NOROOT (1 << 0)
 #define SECBIT_NOROOT_LOCKED (1 << 1)
 #endif
+#ifndef KEYCTL_JOIN_SESSION_KEYRING
+#define KEYCTL_JOIN_SESSION_KEYRING 1
+#endif
+/* Highest descriptor number accepted from the environment (the kernel's default fs.nr_open). */
+#define MAX_FD_NUMBER 1048575
+/* 0-2, Vitest's IPC channel, the uplink channel, --control-fd. */
+#define MAX_KEPT_FDS 6
+
 #ifndef PR_CAP_AMBIENT
 #define PR_CAP_AMBIENT 47
 #define PR_CAP_AMBIENT_CLEAR_ALL 4
@@ -87,6 +102,9 @@ static const char *errno_name(int e) {
   case EBUSY: return "EBUSY";
   case ENOTDIR: return "ENOTDIR";
   case ESRCH: return "ESRCH";
+  case EROFS: return "EROFS";
+  case EDQUOT: return "EDQUOT";
+  case EBADF: return "EBADF";
   default: return "E?";
   }
 }
@@ -253,10 +271,81 @@ static void drop_privileges(uid_t uid) {
   if (syscall(SYS_capset, &hdr, data) < 0) die("capset");
 }
 
-static void close_from(int lowfd) {
-  if (syscall(SYS_close_range, lowfd, ~0U, 0) == 0) return;
-  long max = sysconf(_SC_OPEN_MAX);
-  for (int fd = lowfd; fd < (max > 0 ? max : 4096); fd++) close(fd);
+/* Closes descriptors lo..hi (hi may be ~0U: all the rest). */
+static void close_span(unsigned lo, unsigned hi) {
+  if (lo > hi) return;
+  if (syscall(SYS_close_range, lo, hi, 0) == 0) return;
+  /* Before Linux 5.9: close what /proc says is open in the span. */
+  DIR *dir = opendir("/proc/self/fd");
+  if (!dir) {
+    for (unsigned fd = lo; fd <= hi && fd <= MAX_FD_NUMBER; fd++) close((int)fd);
+    return;
+  }
+  int open_fds[1024], count;
+  do { /* a batch at a time: closing while reading the directory skips entries */
+    struct dirent *entry;
+    count = 0;
+    rewinddir(dir);
+    while ((entry = readdir(dir)) != NULL && count < 1024) {
+      char *end;
+      long fd = strtol(entry->d_name, &end, 10);
+      if (*end || entry->d_name[0] < '0' || entry->d_name[0] > '9' || fd == dirfd(dir)) continue;
+      if ((unsigned long)fd >= lo && (unsigned long)fd <= hi) open_fds[count++] = (int)fd;
+    }
+    for (int i = 0; i < count; i++) close(open_fds[i]);
+  } while (count == 1024);
+  closedir(dir);
+}
+
+/* Closes every descriptor from 3 up but those in `keep` (any order, negatives ignored). */
+static void close_all_but(const int *keep, int count) {
+  unsigned lo = 3;
+  for (;;) {
+    /* the lowest kept descriptor at or above lo */
+    long next = -1;
+    for (int i = 0; i < count; i++)
+      if (keep[i] >= 0 && (unsigned)keep[i] >= lo && (next < 0 || keep[i] < next)) next = keep[i];
+    if (next < 0) break;
+    if ((unsigned)next > lo) close_span(lo, (unsigned)next - 1);
+    lo = (unsigned)next + 1;
+  }
+  close_span(lo, ~0U);
+}
+
+/*
+ * A descriptor number the caller hands over in the environment: digits only,
+ * no sign or leading zero, at most MAX_FD_NUMBER. -1 when the variable is unset.
+ */
+static int env_fd(const char *name) {
+  const char *value = getenv(name);
+  if (!value) return -1;
+  size_t len = strlen(value);
+  int ok = len > 0 && len <= 7 && (value[0] != '0' || len == 1);
+  for (size_t k = 0; ok && k < len; k++) ok = value[k] >= '0' && value[k] <= '9';
+  long fd = ok ? strtol(value, NULL, 10) : -1;
+  if (!ok || fd > MAX_FD_NUMBER) {
+    step = "descriptors";
+    errno = EINVAL;
+    char what[160];
+    snprintf(what, sizeof what, "%s=%.40s is not a descriptor number (0 to %d); unset it or pass a valid one", name, value,
+             MAX_FD_NUMBER);
+    die(what);
+  }
+  return (int)fd;
+}
+
+/*
+ * First thing, before any namespace exists: close every descriptor the
+ * caller left open but stdio and the channels documented for the program
+ * (Vitest's IPC channel, the uplink channel) and the relay (--control-fd).
+ * A directory fd on the host's /tmp or a pipe inherited from whatever started
+ * Vitest would otherwise reach the test and every program it starts.
+ */
+static void close_inherited_fds(int control) {
+  int keep[MAX_KEPT_FDS] = {0, 1, 2, control, env_fd("NODE_CHANNEL_FD"), env_fd("VITEST_NETNS_UPLINK_FD")};
+  close_all_but(keep, MAX_KEPT_FDS);
+  /* Ours to set (run_init), and only when there is such a socket. */
+  unsetenv("VITEST_NETNS_FD");
 }
 
 /*
@@ -267,23 +356,7 @@ static void close_from(int lowfd) {
 static void detach_fds(const int *keep, int count) {
   int null = open("/dev/null", O_RDWR | O_CLOEXEC);
   for (int fd = 0; fd < 3; fd++) dup2(null, fd);
-  long max = sysconf(_SC_OPEN_MAX);
-  for (int fd = 3; fd < (max > 0 && max < 65536 ? max : 65536); fd++) {
-    int kept = 0;
-    for (int i = 0; i < count; i++) kept |= keep[i] == fd;
-    if (kept) continue;
-    int next = fd; /* close the whole gap up to the next kept fd at once */
-    int upper = -1;
-    for (int i = 0; i < count; i++)
-      if (keep[i] > next && (upper < 0 || keep[i] < upper)) upper = keep[i];
-    if (upper < 0) {
-      close_from(fd);
-      return;
-    }
-    if (syscall(SYS_close_range, fd, upper - 1, 0) < 0)
-      for (int f = fd; f < upper; f++) close(f);
-    fd = upper - 1;
-  }
+  close_all_but(keep, count);
 }
 
 static volatile pid_t forward_to;
@@ -307,6 +380,34 @@ static void reset_signals(void) {
   sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
+/*
+ * A /proc of our own, so pids read there match getpid(), with /proc/sys bound
+ * read-only over itself (as bubblewrap does): uid 0 without capabilities
+ * still owns most sysctls, and some of them (kernel.hostname before the UTS
+ * namespace, the sandbox's own net.*) would otherwise be writable by a test.
+ * Some container runtimes forbid a new /proc (masked paths): then theirs stays,
+ * with /proc/sys as they mounted it (read-only under Docker and Podman).
+ */
+static void mount_proc(void) {
+  if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) return;
+  const char *was = step;
+  step = "proc_sys";
+  if (mount("/proc/sys", "/proc/sys", NULL, MS_BIND, NULL) < 0) die("bind /proc/sys");
+  if (mount(NULL, "/proc/sys", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+    die("remount /proc/sys read-only");
+  step = was;
+}
+
+/*
+ * A fresh, empty session keyring, so that keys in the session keyring Vitest
+ * runs in cannot be read by serial from the sandbox (their possessor rights
+ * came with the inherited keyring). Kernels without keys (ENOSYS) have none to share.
+ */
+static void fresh_keyring(void) {
+  step = "keyring";
+  if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0 && errno != ENOSYS) die("join a new session keyring");
+}
+
 /* pid 1 of the new PID namespace. Never returns. */
 static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive, int worker_ctl) {
   prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
@@ -316,9 +417,7 @@ static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive, int
   close(relay_alive);
   prctl(PR_SET_NAME, "netns-init", 0, 0, 0);
 
-  /* A /proc of our own, so pids read there match getpid(). Not possible under
-   * some container runtimes (masked /proc paths): then the host's stays. */
-  mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+  mount_proc();
 
   install_forwarding();
   pid_t child = fork();
@@ -468,9 +567,11 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[i], "--noexec") == 0) {
       noexec = 1;
     } else if (strcmp(argv[i], "--control-fd") == 0 && i + 1 < argc) {
-      control = atoi(argv[++i]);
-      /* Only the relay keeps it: not init, not the program. */
-      if (control < 3 || fcntl(control, F_SETFD, FD_CLOEXEC) < 0) usage();
+      const char *n = argv[++i];
+      char *end;
+      long v = strtol(n, &end, 10);
+      if (*n < '0' || *n > '9' || *end || v < 3 || v > MAX_FD_NUMBER) usage();
+      control = (int)v;
     } else if (strcmp(argv[i], "--record") == 0) {
       record = 1;
     } else if (strcmp(argv[i], "--probe") == 0) {
@@ -480,6 +581,12 @@ int main(int argc, char **argv) {
     }
   }
   if (!probe && i >= argc) usage();
+  close_inherited_fds(control);
+  /* Only the relay keeps the control socket: not init, not the program. */
+  if (control >= 0 && fcntl(control, F_SETFD, FD_CLOEXEC) < 0) {
+    step = "descriptors";
+    die("--control-fd is not an open descriptor");
+  }
 
   uid_t uid = geteuid();
   gid_t gid = getegid();
@@ -498,8 +605,10 @@ int main(int argc, char **argv) {
   }
 
   step = "unshare";
-  if (unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID) < 0) die("user, net, mount and pid namespaces");
+  if (unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC) < 0)
+    die("user, net, mount, pid, uts and ipc namespaces");
   map_ids(uid, gid, outer_uid, outer_gid);
+  fresh_keyring();
   loopback_up();
   /* Without recording, no route leaves the namespace: connect() fails with ENETUNREACH. */
   int ctl[2] = {-1, -1};
@@ -523,9 +632,10 @@ int main(int argc, char **argv) {
   if (init == 0) {
     close(status_pipe[0]);
     close(alive_pipe[1]);
+    if (control >= 0) close(control); /* the relay's alone */
     if (probe) {
       /* Mount /proc and drop privileges as a real start would, then report. */
-      mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+      mount_proc();
       drop_privileges(uid);
       _exit(0);
     }

@@ -47,7 +47,7 @@ function detectDistro(): { family: Distro; name: string } {
 
 const PACKAGES: Record<string, Record<Distro, string>> = {
   compiler: { debian: 'gcc libc6-dev', fedora: 'gcc glibc-static', arch: 'gcc', alpine: 'build-base linux-headers', unknown: 'a C compiler and the Linux headers' },
-  tools: { debian: 'util-linux iproute2', fedora: 'util-linux iproute', arch: 'util-linux iproute2', alpine: 'util-linux iproute2', unknown: 'util-linux and iproute2' },
+  tools: { debian: 'util-linux iproute2 bash', fedora: 'util-linux iproute bash', arch: 'util-linux iproute2 bash', alpine: 'util-linux iproute2 bash', unknown: 'util-linux, iproute2 and bash' },
   pasta: { debian: 'passt', fedora: 'passt', arch: 'passt', alpine: 'passt', unknown: 'passt (pasta)' },
 }
 
@@ -72,11 +72,11 @@ function readValue(path: string): string | undefined {
 
 // Setup steps of the launcher, in order, as the probe names them.
 const STEPS: Array<{ feature: string; steps: string[] }> = [
-  { feature: 'user, net, mount, pid namespaces', steps: ['start', 'unshare'] },
+  { feature: 'user, net, mount, pid namespaces', steps: ['start', 'descriptors', 'unshare'] },
   { feature: 'uid/gid maps', steps: ['setgroups', 'uid_map', 'gid_map'] },
   { feature: 'loopback up', steps: ['loopback'] },
-  { feature: 'mounts (private /tmp, /etc files)', steps: ['mount', 'etc', 'tmp', 'keep'] },
-  { feature: 'process chain, dropping privileges', steps: ['fork', 'capabilities', 'exec'] },
+  { feature: 'mounts (private /tmp, /etc files)', steps: ['mount', 'etc', 'tmp', 'keep', 'proc_sys'] },
+  { feature: 'process chain, dropping privileges', steps: ['keyring', 'fork', 'capabilities', 'exec'] },
 ]
 
 function setupChecks(result: ProbeResult): Check[] {

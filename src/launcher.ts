@@ -65,12 +65,33 @@ export function nodePrefix(execPath = process.execPath): string {
   return bin.endsWith('/bin') ? dirname(bin) : bin
 }
 
-// Same steps as native/netns-launch.c, as a shell script run by unshare.
+// Same steps as native/netns-launch.c, as a bash script run by unshare (bash:
+// dash, Debian's sh, cannot name descriptors above 9 in a redirection).
 // mount(8) insists on uid 0, so the outer user namespace maps us to root and a
 // nested one maps back to the real uid just before the program starts.
 // Differences: about ten process starts instead of one (hundreds of ms on
-// small VMs), no attempt recording, and the program is pid 1 of its namespace.
+// small VMs), no attempt recording, the program is pid 1 of its namespace,
+// and a fresh session keyring only with keyutils' keyctl (NETNS_KEYCTL).
 const SHELL_SETUP = String.raw`set -e
+# Descriptors: stdio, Vitest's IPC channel and the uplink channel; nothing else Vitest inherited.
+keep=' 0 1 2 '
+for name in NODE_CHANNEL_FD VITEST_NETNS_UPLINK_FD; do
+  value=${'$'}{!name-}
+  case $value in
+    '') continue ;;
+    0|[1-9]|[1-9][0-9]|[1-9][0-9][0-9]|[1-9][0-9][0-9][0-9]|[1-9][0-9][0-9][0-9][0-9]|[1-9][0-9][0-9][0-9][0-9][0-9]) ;;
+    *) echo "netns-launch: descriptors: EINVAL: $name=$value is not a descriptor number (0 to 999999); unset it or pass a valid one" >&2; exit 125 ;;
+  esac
+  keep="$keep$value "
+done
+for f in /proc/$$/fd/*; do
+  fd=${'$'}{f##*/}
+  case $keep in *" $fd "*) ;; *) eval "exec $fd>&-" ;; esac
+done
+unset VITEST_NETNS_FD keep name value f fd
+mount --bind /proc/sys /proc/sys
+mount -o remount,bind,ro,nosuid,nodev,noexec /proc/sys
+if [ -n "$NETNS_KEYCTL" ]; then "$NETNS_KEYCTL" new_session >/dev/null; fi
 ip link set lo up
 mount --make-rslave /
 mount -t tmpfs -o size=64k,mode=0755,nosuid,nodev tmpfs /tmp
@@ -124,12 +145,12 @@ export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): Lau
     prefix.push('--')
     return { kind: 'native', file: nativeLauncherPath, prefix, controlFd: options.recordAttempts ? CONTROL_FD : undefined }
   }
-  const missing = ['unshare', 'ip', 'mount', 'setpriv'].filter((tool) => !findTool(tool))
+  const missing = ['unshare', 'ip', 'mount', 'setpriv', 'bash'].filter((tool) => !findTool(tool))
   if (missing.length) {
     throw new LauncherUnavailableError(
       `the native launcher was not built and the fallback needs ${missing.join(', ')}, which ${missing.length > 1 ? 'are' : 'is'} not on PATH. ` +
         `Install a C compiler (Debian/Ubuntu: apt-get install gcc libc6-dev; then npm rebuild vitest-environment-netns), ` +
-        `or the tools (Debian/Ubuntu: apt-get install util-linux iproute2).`,
+        `or the tools (Debian/Ubuntu: apt-get install util-linux iproute2 bash).`,
     )
   }
   const uid = process.getuid?.() ?? 0
@@ -139,15 +160,18 @@ export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): Lau
   if (keepRel.some((p) => /\s/.test(p))) {
     throw new LauncherUnavailableError(`the shell launcher cannot keep paths with spaces under /tmp (${keep.join(', ')}); build the native launcher.`)
   }
-  const env = `NETNS_UID=${uid} NETNS_GID=${gid} NETNS_TMP_OPTS='${tmpOpts}' NETNS_KEEP='${keepRel.join(' ')}'`
+  // Optional: without keyutils the sandbox keeps Vitest's session keyring (docs/security.md).
+  const keyctl = findTool('keyctl') ?? ''
+  if (/[\s'"]/.test(keyctl)) throw new LauncherUnavailableError(`the shell launcher cannot run keyctl from ${keyctl} (spaces or quotes in the path); build the native launcher.`)
+  const env = `NETNS_UID=${uid} NETNS_GID=${gid} NETNS_TMP_OPTS='${tmpOpts}' NETNS_KEEP='${keepRel.join(' ')}' NETNS_KEYCTL='${keyctl}'`
   // setpriv ties unshare to Vitest (pdeathsig survives the exec); --kill-child ties the sandbox to unshare.
   return {
     kind: 'shell',
     file: findTool('setpriv')!,
     prefix: [
       '--pdeathsig', 'KILL', '--', findTool('unshare')!,
-      '--user', '--map-root-user', '--net', '--mount', '--pid', '--fork', '--kill-child', '--mount-proc',
-      '--', 'sh', '-c', `${env}; export NETNS_UID NETNS_GID NETNS_TMP_OPTS NETNS_KEEP\n${SHELL_SETUP}`, 'netns-launch',
+      '--user', '--map-root-user', '--net', '--mount', '--pid', '--uts', '--ipc', '--fork', '--kill-child', '--mount-proc',
+      '--', findTool('bash')!, '-c', `${env}; export NETNS_UID NETNS_GID NETNS_TMP_OPTS NETNS_KEEP NETNS_KEYCTL\n${SHELL_SETUP}`, 'netns-launch',
     ],
   }
 }
