@@ -51,6 +51,8 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
     VITEST_NETNS_STRICT: options.strict ? '1' : '0',
     VITEST_NETNS_KEEP_TMP: options.keepTmp,
     VITEST_NETNS_KEEP_TMP_DIR: join(keepTmpBase, runId),
+    // The paths under /tmp both views share (src/sandbox-paths.ts): attachments elsewhere in /tmp go as bodies.
+    VITEST_NETNS_KEPT: JSON.stringify(keep),
   }
   if (options.keepTmp !== 'never') pruneRuns(keepTmpBase, KEPT_RUNS - 1)
 
@@ -63,7 +65,7 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
       if (launch.kind === 'shell' && options.recordAttempts) workerEnv.VITEST_NETNS_RECORDING = 'unavailable: the shell launcher does not record'
       const recording = launch.kind === 'shell' ? 'not recorded (shell launcher)' : result.recording === 'on' ? 'recorded' : options.recordAttempts ? `not recorded (${result.recording})` : 'not recorded'
       return {
-        plan: { launch, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink },
+        plan: { launch, keep, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink },
         summary: `${mode} mode, ${launch.kind} launcher, outside attempts ${recording}, uplinks: ${uplink ? uplinkMechanism(mode, options) : 'off'}`,
       }
     }
