@@ -88,6 +88,15 @@ describe('what the sandbox cannot be served from its own view is refused, clearl
   })
 })
 
+test('fetch requests a test sends itself are checked the same, and malformed ones refused', async () => {
+  const { craftedFetch } = await records()
+  expect(Object.keys(craftedFetch)).toEqual(['plain', 'arrayLikeArguments', 'methodAsStringObject', 'methodAsArray', 'urlAsStringObject'])
+  for (const [name, answer] of Object.entries<{ error?: string; result?: string }>(craftedFetch)) {
+    expect(answer.result, `${name}: ${JSON.stringify(answer)}`).toBeUndefined()
+    expect(answer.error, name).toMatch(refusal)
+  }
+})
+
 describe('attachments', () => {
   test("annotate() with a path in /tmp attaches the sandbox's file, not the host's", async () => {
     const { annotate } = await records()
