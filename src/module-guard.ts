@@ -47,6 +47,9 @@ export class Refusal extends Error {
 }
 
 const FIX_READ = "Read it inside the test with node:fs (readFileSync), which sees the sandbox's own files."
+/** For files of the project itself under the host's /tmp (a sibling package of a monorepo, say). */
+const FIX_BIND =
+  'If it is a file of your project under the host\'s /tmp, list its directory in the Vite option server.fs.allow (or make the project a workspace), and it is bound into the sandbox.'
 const UNSEEN = "which Vitest's main process (outside the sandbox) does not see"
 
 /** Where a path found in a private place on the host lies: there itself, or behind a link. */
@@ -235,7 +238,7 @@ export class ModuleGuard {
     if (!NATIVE_MODULE.test(target.path)) {
       throw new Refusal(
         `cannot import ${spec}: ${unseen}. Modules there are loaded by Node inside the sandbox, untransformed: ` +
-          `only JavaScript files named .mjs, .js or .cjs (write it as .mjs, with the full file name). ${FIX_READ}`,
+          `only JavaScript files named .mjs, .js or .cjs (write it as .mjs, with the full file name). ${FIX_BIND} ${FIX_READ}`,
       )
     }
     return { externalize: pathToFileURL(target.path).href, type: 'module' }

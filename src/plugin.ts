@@ -44,7 +44,10 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
   const userPoolRunner = config.poolRunner?.name === POOL_NAME ? undefined : config.poolRunner
   const mode = process.getuid?.() === 0 ? 'root' : 'rootless'
   const keepTmpBase = options.keepTmpDir ?? join(config.root, 'node_modules', '.vitest-netns', 'kept-tmp')
-  const keep = pathsToKeep([config.root, project.vitest.config.root, process.cwd(), nodePrefix(), project.vitest.distPath, packageRoot])
+  // Vite's server.fs.allow: the project's workspace (a monorepo's root) and what the user added. Modules under
+  // the host's /tmp outside these are not the sandbox's, and are not loaded for it (module-guard.ts).
+  const allowed = (project.vite.config.server?.fs?.allow ?? []).filter((path): path is string => typeof path === 'string')
+  const keep = pathsToKeep([config.root, project.vitest.config.root, process.cwd(), nodePrefix(), project.vitest.distPath, packageRoot, ...allowed])
   const workerEnv: Record<string, string> = {
     VITEST_NETNS_MODE: mode,
     VITEST_NETNS_ROOT: config.root,
