@@ -35,7 +35,17 @@ export type WorkerVerdict = { pass: unknown } | { answer: RpcReply | undefined }
 /** Modules Node loads by itself, so the worker can import them from its own view. */
 const NATIVE_MODULE = /\.(mjs|cjs|js)$/
 /** Methods main answers by reading files (Vitest 4.1 and 5). */
-const GUARDED = new Set(['fetch', 'resolve', 'transform', 'onTaskArtifactRecord', 'prewarmModuleGraph', 'fetchWarmModules', 'readBenchmarkResult', 'writeBenchmarkResult'])
+const GUARDED = new Set([
+  'fetch',
+  'resolve',
+  'transform',
+  'onTaskArtifactRecord',
+  'ensureModuleGraphEntry',
+  'prewarmModuleGraph',
+  'fetchWarmModules',
+  'readBenchmarkResult',
+  'writeBenchmarkResult',
+])
 /** Paths named in main's error messages. */
 const PATH_IN_TEXT = /\/(?:tmp|proc)(?:\/[^\s'"`()<>,;]*)?/g
 
@@ -138,6 +148,17 @@ export class ModuleGuard {
       case 'onTaskArtifactRecord':
         this.checkArtifact(args[1])
         return { forward: args }
+      case 'ensureModuleGraphEntry': {
+        // Puts a module natively imported by the worker into main's graph, whose code frames then quote
+        // main's copy of the file: not for private ones (answered as done, since the worker ignores the answer).
+        const [id, importer] = args
+        if (typeof id !== 'string' || typeof importer !== 'string') throw new Refusal("malformed 'ensureModuleGraphEntry' request (ids must be strings).")
+        const private_ = [id, importer].some((name) => {
+          const located = this.locate(name, undefined)
+          return located !== undefined && this.paths.privateOnHost(located.path) !== undefined
+        })
+        return private_ ? { answer: undefined } : { forward: args }
+      }
       case 'prewarmModuleGraph': {
         // Vitest 5: main loads these files ahead of the worker; private ones the worker loads itself.
         const [environment, files] = args

@@ -16,6 +16,7 @@ const hostFiles = {
   own: `/tmp/${id}-own.mjs`,
   text: `/tmp/${id}.txt`,
   attachment: `/tmp/${id}-attach.txt`,
+  frame: `/tmp/${id}-frame.js`,
 }
 mkdirSync(outDir, { recursive: true })
 const linkDir = mkdtempSync(join(outDir, 'modules-link-'))
@@ -24,6 +25,7 @@ writeFileSync(hostFiles.module, "export const who = 'host'\n")
 writeFileSync(hostFiles.own, "export const who = 'host'\n")
 writeFileSync(hostFiles.text, 'host secret\n')
 writeFileSync(hostFiles.attachment, 'host attachment\n')
+writeFileSync(hostFiles.frame, "const leaked = 'host-frame-secret'\n")
 symlinkSync(hostFiles.module, link)
 afterAll(() => {
   for (const file of Object.values(hostFiles)) rmSync(file, { force: true })
@@ -31,8 +33,9 @@ afterAll(() => {
 })
 
 let run: Promise<RunResult> | undefined
+const fixtureRun = () => (run ??= runFixture('modules', { env: { MODULES_ID: id, MODULES_LINK: link } }))
 async function records(): Promise<Record<string, any>> {
-  const result = await (run ??= runFixture('modules', { env: { MODULES_ID: id, MODULES_LINK: link } }))
+  const result = await fixtureRun()
   expectFilePassed(result, 'modules.test.ts')
   return result.records
 }
@@ -110,4 +113,11 @@ describe('attachments', () => {
     expect(crafted.error).toContain(`/tmp/${id}-attach.txt`)
     expect(crafted.error).toContain('body')
   })
+})
+
+test("a failed test's code frame is not read from the host's /tmp", async () => {
+  const result = await fixtureRun()
+  const output = result.stdout + result.stderr
+  expect(output).toContain('crafted frame error') // code-frame.test.ts failed, and Vitest printed its error
+  expect(output).not.toContain('host-frame-secret')
 })
