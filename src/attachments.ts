@@ -43,7 +43,7 @@ function inline(attachment: unknown, root: string): void {
   paths ??= new SandboxPaths(keptFromEnv())
   let real = absolute
   try {
-    real = realpathSync(absolute)
+    real = realpathSync.native(absolute)
   } catch {
     // read below, which says what is missing
   }

@@ -314,9 +314,9 @@ export class ModuleGuard {
   /** A module main resolved or loaded: its file and id must not be private on the host. */
   private checkModule(spec: unknown, answer: ModuleAnswer | null): void {
     if (typeof answer !== 'object' || answer === null || 'externalize' in answer) return // the worker imports externals itself
-    for (const name of [answer.file, answer.id]) {
-      if (typeof name !== 'string' || !name.startsWith('/')) continue
-      const path = name.replace(/[?#].*$/, '')
+    const names = new Set([answer.file, answer.id].map((name) => (typeof name === 'string' ? name.replace(/[?#].*$/, '') : '')))
+    for (const path of names) {
+      if (!path.startsWith('/')) continue
       const found = this.paths.privateOnHost(path)
       if (found) {
         throw new Refusal(

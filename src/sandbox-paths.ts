@@ -36,7 +36,7 @@ export class SandboxPaths {
     if (direct) return { place: direct, real: path }
     let real: string
     try {
-      real = realpathSync(path)
+      real = realpathSync.native(path)
     } catch {
       return undefined // nothing there: nothing main could read either
     }
