@@ -44,13 +44,18 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
   const userPoolRunner = config.poolRunner?.name === POOL_NAME ? undefined : config.poolRunner
   const mode = process.getuid?.() === 0 ? 'root' : 'rootless'
   const keepTmpBase = options.keepTmpDir ?? join(config.root, 'node_modules', '.vitest-netns', 'kept-tmp')
-  const keep = pathsToKeep([config.root, project.vitest.config.root, process.cwd(), nodePrefix(), project.vitest.distPath, packageRoot])
+  // Vite's server.fs.allow: the project's workspace (a monorepo's root) and what the user added. Modules under
+  // the host's /tmp outside these are not the sandbox's, and are not loaded for it (module-guard.ts).
+  const allowed = (project.vite.config.server?.fs?.allow ?? []).filter((path): path is string => typeof path === 'string')
+  const keep = pathsToKeep([config.root, project.vitest.config.root, process.cwd(), nodePrefix(), project.vitest.distPath, packageRoot, ...allowed])
   const workerEnv: Record<string, string> = {
     VITEST_NETNS_MODE: mode,
     VITEST_NETNS_ROOT: config.root,
     VITEST_NETNS_STRICT: options.strict ? '1' : '0',
     VITEST_NETNS_KEEP_TMP: options.keepTmp,
     VITEST_NETNS_KEEP_TMP_DIR: join(keepTmpBase, runId),
+    // The paths under /tmp both views share (src/sandbox-paths.ts): attachments elsewhere in /tmp go as bodies.
+    VITEST_NETNS_KEPT: JSON.stringify(keep),
   }
   if (options.keepTmp !== 'never') pruneRuns(keepTmpBase, KEPT_RUNS - 1)
 
@@ -63,7 +68,7 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
       if (launch.kind === 'shell' && options.recordAttempts) workerEnv.VITEST_NETNS_RECORDING = 'unavailable: the shell launcher does not record'
       const recording = launch.kind === 'shell' ? 'not recorded (shell launcher)' : result.recording === 'on' ? 'recorded' : options.recordAttempts ? `not recorded (${result.recording})` : 'not recorded'
       return {
-        plan: { launch, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink },
+        plan: { launch, keep, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink },
         summary: `${mode} mode, ${launch.kind} launcher, outside attempts ${recording}, uplinks: ${uplink ? uplinkMechanism(mode, options) : 'off'}`,
       }
     }

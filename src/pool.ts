@@ -20,6 +20,8 @@ import {
 import { formatAttempts, queryAttempts } from './attempts.js'
 import type { ResolvedUplinkOptions } from './config.js'
 import { launchCommand, type LaunchPlan } from './launcher.js'
+import { ModuleGuard } from './module-guard.js'
+import { SandboxPaths } from './sandbox-paths.js'
 import { uplinkDaemon, UplinkSession, type UplinkMode } from './uplink-host.js'
 import { MAX_REQUEST_LINE, parseUplinkRequest, splitLines, type UplinkEnvelope } from './uplink-protocol.js'
 
@@ -61,6 +63,8 @@ function netnsStart(message: StartRequest, withSetupFile: boolean): StartRequest
 export interface ProjectPlan {
   /** How to start a namespaced worker; absent when namespaces are unsupported and skipped. */
   launch?: LaunchPlan
+  /** Paths under /tmp bound back into every sandbox (pathsToKeep): the rest of /tmp is private. */
+  keep?: string[]
   /** Why netns files are skipped (onUnsupported: 'skip'). */
   skipReason?: string
   /** The pool the user configured, for files of other environments. */
@@ -175,8 +179,11 @@ export class NetnsPoolWorker implements PoolWorker {
   /** Rootless uplinks: the hub every sandbox's user namespace is made a child of. */
   private hubPid: number | undefined
   private uplinkOff: string | undefined
+  /** Keeps Vitest's main process from reading the sandbox's private places for the worker (module-guard.ts). */
+  private readonly guard: ModuleGuard
 
   constructor(private readonly options: PoolOptions, private readonly plan: ProjectPlan, private readonly launch: LaunchPlan) {
+    this.guard = new ModuleGuard(new SandboxPaths(plan.keep ?? []), options.project.config.root)
     this.entrypoint = resolve(options.distPath, 'workers/forks.js')
     this.stdout = options.project.vitest.logger.outputStream
     this.stderr = options.project.vitest.logger.errorStream
@@ -222,7 +229,13 @@ export class NetnsPoolWorker implements PoolWorker {
     const child = spawn(file, [...args, process.execPath, ...this.execArgv, this.entrypoint], { env, stdio, serialization: 'advanced' })
     if (uplink && child.pid) this.serveUplink(child, uplink, (child.stdio as unknown as Duplex[])[UPLINK_FD]!)
     const control = this.launch.controlFd ? (child.stdio[this.launch.controlFd] as Duplex) : undefined
-    child.on('message', (message) => {
+    child.on('message', (received) => {
+      const verdict = this.guard.fromWorker(received)
+      if ('answer' in verdict) {
+        if (verdict.answer && child.connected) child.send(verdict.answer)
+        return
+      }
+      const message = verdict.pass
       // At the end of each file, and before Vitest hears of it: what it tried to reach.
       if (control && isResponse(message, 'testfileFinished')) void this.reportAttempts(control).then(() => this.onChildMessage(message))
       else this.onChildMessage(message)
@@ -245,7 +258,7 @@ export class NetnsPoolWorker implements PoolWorker {
       }
       this.files = message.context.files.map((file) => file.filepath)
     }
-    this.child?.send(message)
+    this.child?.send(this.guard.toWorker(message) as WorkerRequest)
   }
 
   /**

@@ -1,7 +1,10 @@
 // Preloaded (node --import) into netns workers, before Vitest's worker code:
 // adds the "no network here" hint to failed tests' errors as Vitest's worker
-// sends them to the main process. Loaded by Node directly, it costs far less
-// per file than a setup file, which Vitest loads through its module runner.
+// sends them to the main process, and sends attachments in the sandbox's
+// private places as their content (attachments.ts). Loaded by Node directly, it
+// costs far less per file than a setup file, which Vitest loads through its
+// module runner.
+import { inlinePrivateAttachments } from './attachments.js'
 import { annotateNetworkError } from './hints.js'
 
 interface TaskUpdate {
@@ -24,6 +27,7 @@ const send = process.send?.bind(process)
 if (send) {
   process.send = ((message: unknown, ...rest: unknown[]) => {
     annotate(message)
+    inlinePrivateAttachments(message)
     return (send as (...args: unknown[]) => boolean)(message, ...rest)
   }) as typeof process.send
 }

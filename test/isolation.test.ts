@@ -333,11 +333,13 @@ describe('5. a private /tmp per file', () => {
     }
   })
 
-  test("a project living under the host's /tmp still runs; its directory is bound into the otherwise empty private /tmp", async () => {
+  test("a project living under the host's /tmp still runs; its workspace is bound into the otherwise empty private /tmp", async () => {
     const { dir, root } = copyFixture('private-tmp', '/tmp', 'vitest-netns-project')
     created.push(dir)
     // What an installed project has: a package.json, and vitest and this package in node_modules.
     writeFileSync(join(root, 'package.json'), JSON.stringify({ name: 'project-under-tmp', private: true, type: 'module' }))
+    // Its tests import ../shared: a workspace holds both, and the sandbox gets the workspace (Vite's server.fs.allow).
+    writeFileSync(join(dir, 'package.json'), JSON.stringify({ private: true, workspaces: ['private-tmp', 'shared'] }))
     mkdirSync(join(root, 'node_modules'))
     symlinkSync(join(repoRoot, 'node_modules', 'vitest'), join(root, 'node_modules', 'vitest'), 'dir')
     symlinkSync(repoRoot, join(root, 'node_modules', 'vitest-environment-netns'), 'dir')
