@@ -4,7 +4,8 @@
 import { test as base } from 'vitest'
 import { readAttempts, recordingState, type Attempt } from './attempts.js'
 import { sandboxFromEnv, type NetnsSandbox } from './sandbox.js'
-import { attachUplink, type Uplink, type UplinkOptions } from './uplink.js'
+import { attachUplink, egressRules, type Uplink, type UplinkOptions } from './uplink.js'
+import { noteUplink, type UplinkFacts } from './uplink-facts.js'
 
 export interface NetnsFixture extends NetnsSandbox {
   /** 'on' when outside attempts are recorded in the kernel, else why not. */
@@ -25,6 +26,21 @@ export interface NetnsFixtures {
   uplinkOptions: UplinkOptions
 }
 
+/** `uplink`, noting the host services the test asks for: a hint on its errors can name them (hints.ts). */
+function remembering(uplink: Uplink, facts: UplinkFacts): Uplink {
+  return {
+    address: uplink.address,
+    gateway: uplink.gateway,
+    interface: uplink.interface,
+    forward: (port, options) => uplink.forward(port, options),
+    async hostService(port, options) {
+      const endpoint = await uplink.hostService(port, options)
+      facts.hostServices.push({ port, inside: endpoint.port, protocol: options?.protocol ?? 'tcp' })
+      return endpoint
+    },
+  }
+}
+
 export const test = base.extend<NetnsFixtures>({
   // eslint-disable-next-line no-empty-pattern
   netns: async ({}, use) => {
@@ -41,11 +57,12 @@ export const test = base.extend<NetnsFixtures>({
   uplinkOptions: async ({}, use) => {
     await use({})
   },
-  uplink: async ({ uplinkOptions }, use) => {
+  uplink: async ({ uplinkOptions, task }, use) => {
     const { uplink, notice, detach } = await attachUplink(uplinkOptions)
     if (notice) console.warn(`vitest-environment-netns: uplink: ${notice}`)
+    const facts = noteUplink(task.id, { gateway: uplink.gateway, address: uplink.address, egress: egressRules(uplinkOptions), hostServices: [] })
     try {
-      await use(uplink)
+      await use(remembering(uplink, facts))
     } finally {
       await detach()
     }

@@ -6,6 +6,7 @@
 //   (a host service that is down, a port not asked for, an address its rules
 //   refuse), not "this file runs without network access".
 import { describe, expect, test } from 'vitest'
+import { HINT } from '../src/hints'
 import { failures, runFixture, type RunOptions, type RunResult } from './helpers'
 
 function run(include: string, options: RunOptions = {}): Promise<RunResult> {
@@ -42,5 +43,33 @@ describe('strict blames only real attempts, on the test that made them', () => {
     expect(result(strict, 'stays on loopback after it').status, messages('stays on loopback after it')).toBe('passed')
     // So is the file, at its end.
     expect(listed(strict.stdout + strict.stderr, /test\/blame\.test\.ts tried to reach outside destinations \(all blocked\): (.*)/)).toEqual(expected)
+  })
+})
+
+describe('a network error in a test with an uplink gets a hint about that uplink', () => {
+  test('a host service that is down, a gateway port not asked for, an address the rules refuse; no uplink: no network', async () => {
+    const hints = await run('test/hint.test.ts')
+    const message = (title: string) => {
+      const found = result(hints, title)
+      expect(found.status, failures(hints)).toBe('failed')
+      return found.failureMessages.join('\n')
+    }
+    const { port, gateway } = hints.records.hint
+    // Root: connect ECONNREFUSED <gateway>:<port>. Rootless: the hub accepts, then resets: ECONNRESET on connect (with the address) or on a write (without).
+    const down = message('a host service that is down')
+    expect(down).toMatch(new RegExp(`this test's uplink is up.* nothing listens on the host at port ${port} \\(uplink\\.hostService\\(${port}\\)\\)`))
+    expect(down).toMatch(/start that service before the tests/)
+    expect(down).not.toContain(HINT)
+
+    const notAsked = message('a gateway port no host service was asked for')
+    expect(notAsked).toContain(`this test's uplink is up, but port ${port} of its gateway ${gateway} is not a host service it asked for: call uplink.hostService(${port})`)
+    expect(notAsked).not.toContain(HINT)
+
+    const refused = message('an outside address the uplink does not let through')
+    expect(refused).toContain("this test's uplink is up, but its rules do not let 203.0.113.9:81 through: it reaches only the host services and forwards the test asked for (egress: 'none')")
+    expect(refused).not.toContain(HINT)
+
+    // Without an uplink, the network really is missing.
+    expect(message('an outside address, without an uplink')).toContain(HINT)
   })
 })
