@@ -2,10 +2,49 @@
 // why at once instead of leaving the user to guess. In a test whose uplink
 // was up, the network was not missing: the hint says what the uplink did
 // instead (a host service that is down, a port not asked for, an address its
-// rules refuse), from what the test asked of it (uplink-facts.ts).
-import { mask, parseAddress, parseCidr } from './ipv4.js'
-import { uplinkFactsOf, type UplinkFacts } from './uplink-facts.js'
+// rules refuse), from what the uplink fixture noted of that test here.
+// The preload loads this module in every netns worker: it imports nothing
+// (each module more costs a worker start about half a millisecond).
 import type { EgressRule } from './uplink-protocol.js'
+
+export interface HostServiceFact {
+  /** The host port (what `uplink.hostService(port)` was given). */
+  port: number
+  /** The port the test connects to on the gateway (`as`, or the same). */
+  inside: number
+  protocol: 'tcp' | 'udp'
+}
+
+/** What a test asked of its uplink; the fixture adds host services as the test asks for them. */
+export interface UplinkFacts {
+  gateway: string
+  egress: EgressRule[]
+  /** Whether the egress rules let this address (and TCP port) through. */
+  allows: (address: string, port: number | undefined) => boolean
+  hostServices: HostServiceFact[]
+}
+
+// By test id, on globalThis: the preload and the test's copy of this module may be two module instances.
+const FACTS = Symbol.for('vitest-environment-netns.uplink-facts')
+// A worker may run many files (isolate: false): keep the last ones only; a hint is made as its test ends.
+const KEEP = 1000
+
+function registry(): Map<string, UplinkFacts> {
+  const holder = globalThis as { [FACTS]?: Map<string, UplinkFacts> }
+  return (holder[FACTS] ??= new Map())
+}
+
+/** Notes the uplink of test `taskId`, for the hints on its errors. */
+export function noteUplink(taskId: string, facts: UplinkFacts): UplinkFacts {
+  const all = registry()
+  all.delete(taskId)
+  all.set(taskId, facts)
+  for (const oldest of all.keys()) {
+    if (all.size <= KEEP) break
+    all.delete(oldest)
+  }
+  return facts
+}
 
 const ALWAYS = new Set(['ENETUNREACH', 'EHOSTUNREACH', 'EAI_AGAIN', 'ENOTFOUND'])
 const LOOPBACK = /^(127\.|::1$|::ffff:127\.|localhost$)/
@@ -55,17 +94,7 @@ function find(error: ErrorLike | undefined, match: (error: ErrorLike) => boolean
   return undefined
 }
 
-function allowedBy(rules: EgressRule[], address: string, port: number | undefined): boolean {
-  const value = parseAddress(address)
-  if (value === undefined) return false
-  return rules.some((rule) => {
-    const cidr = parseCidr(rule.cidr)
-    const inside = cidr !== undefined && (value & mask(cidr.prefix)) >>> 0 === cidr.base
-    return inside && (rule.port === undefined || rule.port === port)
-  })
-}
-
-function service(s: UplinkFacts['hostServices'][number]): string {
+function service(s: HostServiceFact): string {
   return `port ${s.port} (uplink.hostService(${s.port}${s.inside === s.port ? '' : `, { as: ${s.inside} }`}))`
 }
 
@@ -81,7 +110,7 @@ function uplinkHint(error: ErrorLike, facts: UplinkFacts): { text: string; why: 
       if (asked) return { text: `${PREFIX}, but nothing listens on the host at ${service(asked)}: start that service before the tests (a globalSetup), or check its port.`, why }
       return { text: `${PREFIX}, but port ${port ?? '?'} of its gateway ${address} is not a host service it asked for: call uplink.hostService(${port ?? 'port'}) and connect to the endpoint it returns.`, why }
     }
-    if (LOOPBACK.test(address) || parseAddress(address) === undefined || allowedBy(facts.egress, address, port)) return undefined
+    if (LOOPBACK.test(address) || !/^\d+\.\d+\.\d+\.\d+$/.test(address) || facts.allows(address, port)) return undefined
     const egress = facts.egress.length
       ? `egress goes only to ${facts.egress.map((r) => `${r.cidr}${r.port ? `:${r.port}/${r.protocol ?? 'tcp'}` : ''}`).join(', ')}`
       : "it reaches only the host services and forwards the test asked for (egress: 'none')"
@@ -114,7 +143,7 @@ function uplinkHint(error: ErrorLike, facts: UplinkFacts): { text: string; why: 
  */
 export function annotateNetworkError(error: ErrorLike, taskId?: string): boolean {
   if (!error || typeof error !== 'object' || typeof error.message !== 'string') return false
-  const facts = uplinkFactsOf(taskId)
+  const facts = taskId === undefined ? undefined : registry().get(taskId)
   const hint = facts ? uplinkHint(error, facts) : (() => {
     const why = reason(error)
     return why ? { text: HINT, why } : undefined

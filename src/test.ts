@@ -4,8 +4,10 @@
 import { test as base } from 'vitest'
 import { readAttempts, recordingState, type Attempt } from './attempts.js'
 import { sandboxFromEnv, type NetnsSandbox } from './sandbox.js'
+import { noteUplink, type UplinkFacts } from './hints.js'
+import { mask, parseAddress, parseCidr } from './ipv4.js'
 import { attachUplink, egressRules, type Uplink, type UplinkOptions } from './uplink.js'
-import { noteUplink, type UplinkFacts } from './uplink-facts.js'
+import type { EgressRule } from './uplink-protocol.js'
 
 export interface NetnsFixture extends NetnsSandbox {
   /** 'on' when outside attempts are recorded in the kernel, else why not. */
@@ -24,6 +26,15 @@ export interface NetnsFixtures {
   uplink: Uplink
   /** How the `uplink` fixture is set up; change it with `test.override({ uplinkOptions: { egress: 'nat' } })`. */
   uplinkOptions: UplinkOptions
+}
+
+/** Whether `rules` let `address` (and TCP `port`) through. */
+function allows(rules: EgressRule[], address: string, port: number | undefined): boolean {
+  const value = parseAddress(address)
+  return value !== undefined && rules.some((rule) => {
+    const cidr = parseCidr(rule.cidr)
+    return cidr !== undefined && (value & mask(cidr.prefix)) >>> 0 === cidr.base && (rule.port === undefined || rule.port === port)
+  })
 }
 
 /** `uplink`, noting the host services the test asks for: a hint on its errors can name them (hints.ts). */
@@ -60,7 +71,8 @@ export const test = base.extend<NetnsFixtures>({
   uplink: async ({ uplinkOptions, task }, use) => {
     const { uplink, notice, detach } = await attachUplink(uplinkOptions)
     if (notice) console.warn(`vitest-environment-netns: uplink: ${notice}`)
-    const facts = noteUplink(task.id, { gateway: uplink.gateway, address: uplink.address, egress: egressRules(uplinkOptions), hostServices: [] })
+    const egress = egressRules(uplinkOptions)
+    const facts = noteUplink(task.id, { gateway: uplink.gateway, egress, allows: (address, port) => allows(egress, address, port), hostServices: [] })
     try {
       await use(remembering(uplink, facts))
     } finally {
