@@ -8,12 +8,19 @@
  *     a high metric (1024): an uplink's default route via eth0 (metric 0,
  *     uplink.c) wins while it is attached, and when the uplink takes eth0
  *     down the kernel drops that route and lo's takes over again;
- *   - an nf_tables table counts each such packet in a dynamic set keyed by
- *     destination . protocol . port, then rejects it: TCP with a reset
- *     (ECONNREFUSED at once), anything else with an ICMP error (EPERM or
- *     EHOSTUNREACH at once). Loopback traffic is untouched, and so is
- *     traffic leaving through eth0, the inner end of an uplink (its first
- *     rule, `oifname "eth0" accept`): the uplink daemon filters that.
+ *   - an nf_tables table counts each attempt in a dynamic set keyed by
+ *     destination . protocol . port, then rejects it: a TCP connect (its
+ *     SYN) with a reset (ECONNREFUSED at once), a UDP datagram with an ICMP
+ *     error (EPERM at once); other protocols are rejected uncounted.
+ *     Loopback traffic is untouched, and so is traffic leaving through eth0,
+ *     the inner end of an uplink (its first rule, `oifname "eth0" accept`):
+ *     the uplink daemon filters that.
+ *   - any other TCP packet to the outside belongs to a connection an uplink
+ *     carried, sent after the uplink went down (a FIN when the connection is
+ *     closed, its retransmits, a late ACK): it is dropped, not counted. It
+ *     is not an attempt, and counting it blamed whatever test ran next. A
+ *     reset would not help: it is addressed to the uplink's address, which
+ *     went down with the link, so it could never reach the socket.
  *   - route_localnet=1 on lo lets the reset, addressed to 127.0.0.1 from an
  *     outside address, come back in over lo.
  * The ruleset is sent as one nfnetlink batch (no `nft` process: that costs
@@ -109,13 +116,22 @@ static void accept_loopback(struct msg *m, uint32_t seq, int v6) {
   rule_end(m, r, exprs);
 }
 
-/* Count destination . protocol . port, then reject. */
+/* TCP flags SYN set, ACK clear: a connect's first packet (or its retransmit). */
+static void match_tcp_syn(struct msg *m) {
+  static const uint8_t syn_ack = 0x12, syn = 0x02;
+  payload(m, NFT_PAYLOAD_TRANSPORT_HEADER, 13, 1, NFT_REG_1);
+  bitwise_and(m, NFT_REG_1, &syn_ack, 1);
+  cmp_u8(m, NFT_REG_1, syn);
+}
+
+/* Count destination . protocol . port, then reject. TCP: only connects (see the header). */
 static void count_and_reject(struct msg *m, uint32_t seq, int v6, uint8_t proto) {
   size_t exprs, r = rule_begin(m, seq, &exprs);
   meta(m, NFT_META_L4PROTO, NFT_REG_1);
   cmp_u8(m, NFT_REG_1, proto);
   meta(m, NFT_META_NFPROTO, NFT_REG_1);
   cmp_u8(m, NFT_REG_1, v6 ? NFPROTO_IPV6 : NFPROTO_IPV4);
+  if (proto == IPPROTO_TCP) match_tcp_syn(m);
   /* The key is built in consecutive 32-bit registers from NFT_REG_1 on. */
   if (v6) {
     payload(m, NFT_PAYLOAD_NETWORK_HEADER, 24, 16, NFT_REG32_00);
@@ -129,6 +145,15 @@ static void count_and_reject(struct msg *m, uint32_t seq, int v6, uint8_t proto)
   dynset_update(m, v6 ? "out6" : "out4", v6 ? 2 : 1);
   if (proto == IPPROTO_TCP) reject(m, NFT_REJECT_TCP_RST, 0);
   else reject(m, NFT_REJECT_ICMPX_UNREACH, NFT_REJECT_ICMPX_PORT_UNREACH);
+  rule_end(m, r, exprs);
+}
+
+/* The rest of a connection an uplink carried, after it went down: dropped, not counted. */
+static void drop_uplink_leftovers(struct msg *m, uint32_t seq) {
+  size_t exprs, r = rule_begin(m, seq, &exprs);
+  meta(m, NFT_META_L4PROTO, NFT_REG_1);
+  cmp_u8(m, NFT_REG_1, IPPROTO_TCP);
+  verdict(m, NF_DROP, NULL);
   rule_end(m, r, exprs);
 }
 
@@ -163,6 +188,7 @@ static int build_ruleset(struct msg *m) {
   accept_loopback(m, seq++, 1);
   count_and_reject(m, seq++, 0, IPPROTO_TCP);
   count_and_reject(m, seq++, 1, IPPROTO_TCP);
+  drop_uplink_leftovers(m, seq++);
   count_and_reject(m, seq++, 0, IPPROTO_UDP);
   count_and_reject(m, seq++, 1, IPPROTO_UDP);
   reject_rest(m, seq++);

@@ -4,7 +4,10 @@
 import { test as base } from 'vitest'
 import { readAttempts, recordingState, type Attempt } from './attempts.js'
 import { sandboxFromEnv, type NetnsSandbox } from './sandbox.js'
-import { attachUplink, type Uplink, type UplinkOptions } from './uplink.js'
+import { noteUplink, type UplinkFacts } from './hints.js'
+import { mask, parseAddress, parseCidr } from './ipv4.js'
+import { attachUplink, egressRules, type Uplink, type UplinkOptions } from './uplink.js'
+import type { EgressRule } from './uplink-protocol.js'
 
 export interface NetnsFixture extends NetnsSandbox {
   /** 'on' when outside attempts are recorded in the kernel, else why not. */
@@ -25,6 +28,30 @@ export interface NetnsFixtures {
   uplinkOptions: UplinkOptions
 }
 
+/** Whether `rules` let `address` (and TCP `port`) through. */
+function allows(rules: EgressRule[], address: string, port: number | undefined): boolean {
+  const value = parseAddress(address)
+  return value !== undefined && rules.some((rule) => {
+    const cidr = parseCidr(rule.cidr)
+    return cidr !== undefined && (value & mask(cidr.prefix)) >>> 0 === cidr.base && (rule.port === undefined || rule.port === port)
+  })
+}
+
+/** `uplink`, noting the host services the test asks for: a hint on its errors can name them (hints.ts). */
+function remembering(uplink: Uplink, facts: UplinkFacts): Uplink {
+  return {
+    address: uplink.address,
+    gateway: uplink.gateway,
+    interface: uplink.interface,
+    forward: (port, options) => uplink.forward(port, options),
+    async hostService(port, options) {
+      const endpoint = await uplink.hostService(port, options)
+      facts.hostServices.push({ port, inside: endpoint.port, protocol: options?.protocol ?? 'tcp' })
+      return endpoint
+    },
+  }
+}
+
 export const test = base.extend<NetnsFixtures>({
   // eslint-disable-next-line no-empty-pattern
   netns: async ({}, use) => {
@@ -41,11 +68,13 @@ export const test = base.extend<NetnsFixtures>({
   uplinkOptions: async ({}, use) => {
     await use({})
   },
-  uplink: async ({ uplinkOptions }, use) => {
+  uplink: async ({ uplinkOptions, task }, use) => {
     const { uplink, notice, detach } = await attachUplink(uplinkOptions)
     if (notice) console.warn(`vitest-environment-netns: uplink: ${notice}`)
+    const egress = egressRules(uplinkOptions)
+    const facts = noteUplink(task.id, { gateway: uplink.gateway, egress, allows: (address, port) => allows(egress, address, port), hostServices: [] })
     try {
-      await use(uplink)
+      await use(remembering(uplink, facts))
     } finally {
       await detach()
     }

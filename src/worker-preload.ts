@@ -1,5 +1,5 @@
 // Preloaded (node --import) into netns workers, before Vitest's worker code:
-// adds the "no network here" hint to failed tests' errors as Vitest's worker
+// adds the network hints (hints.ts) to failed tests' errors as Vitest's worker
 // sends them to the main process, and sends attachments in the sandbox's
 // private places as their content (attachments.ts). Loaded by Node directly, it
 // costs far less per file than a setup file, which Vitest loads through its
@@ -19,7 +19,7 @@ function annotate(message: unknown): void {
   const packs = rpc.a[0]
   if (!Array.isArray(packs)) return
   for (const pack of packs as Pack[]) {
-    for (const error of (Array.isArray(pack) && pack[1]?.errors) || []) annotateNetworkError(error as never)
+    for (const error of (Array.isArray(pack) && pack[1]?.errors) || []) annotateNetworkError(error as never, typeof pack[0] === 'string' ? pack[0] : undefined)
   }
 }
 

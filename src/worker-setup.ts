@@ -34,7 +34,7 @@ if (process.env.VITEST_NETNS === '1') {
 
   // Vitest reads hook parameters like fixtures: they must be destructured.
   afterEach(async ({ task }) => {
-    for (const error of task.result?.errors ?? []) annotateNetworkError(error as never)
+    for (const error of task.result?.errors ?? []) annotateNetworkError(error as never, task.id)
     if (!strict) return
     const tried = newAttempts(beforeTest, (await readAttempts()) ?? [])
     if (tried.length) {
