@@ -53,6 +53,14 @@ export interface NetnsOptions {
    * them off (rootless runs then start no hub namespace), or options.
    */
   uplink?: boolean | UplinkPluginOptions
+  /**
+   * Which test files run in their own namespaces: `'netns'`, the files whose
+   * environment is `netns` (Vitest's `node` environment in a sandbox), or
+   * `'all'`, every file of the project, each in the environment Vitest chose
+   * for it (config or docblock: `node`, `jsdom`, `happy-dom`, a custom one).
+   * Default `'netns'`.
+   */
+  sandbox?: 'netns' | 'all'
 }
 
 export interface ResolvedNetnsOptions {
@@ -65,6 +73,7 @@ export interface ResolvedNetnsOptions {
   keepTmp: 'never' | 'on-failure' | 'always'
   keepTmpDir: string | undefined
   uplink: ResolvedUplinkOptions | false
+  sandbox: 'netns' | 'all'
 }
 
 export class NetnsConfigError extends Error {
@@ -74,7 +83,7 @@ export class NetnsConfigError extends Error {
   }
 }
 
-const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher', 'recordAttempts', 'strict', 'keepTmp', 'keepTmpDir', 'uplink'] as const
+const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher', 'recordAttempts', 'strict', 'keepTmp', 'keepTmpDir', 'uplink', 'sandbox'] as const
 export const DEFAULT_UPLINK_POOL = '10.200.0.0/16'
 
 function oneOf<T extends string>(key: string, value: unknown, allowed: readonly T[], fallback: T): T {
@@ -148,5 +157,6 @@ export function resolveOptions(options: unknown): ResolvedNetnsOptions {
     keepTmp: oneOf('keepTmp', record.keepTmp, ['never', 'on-failure', 'always'], 'never'),
     keepTmpDir: record.keepTmpDir as string | undefined,
     uplink: resolveUplink(record.uplink),
+    sandbox: oneOf('sandbox', record.sandbox, ['netns', 'all'], 'netns'),
   }
 }

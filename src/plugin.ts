@@ -3,7 +3,7 @@
 // namespaces can be created here, then routes the project's files through the
 // netns pool and prints one line saying what runs where.
 import { readFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { join, relative } from 'node:path'
 import type { Plugin } from 'vite'
 import type { TestProject, TestSpecification, Vitest } from 'vitest/node'
 import { NetnsConfigError, resolveOptions, type NetnsOptions, type ResolvedNetnsOptions } from './config.js'
@@ -37,6 +37,10 @@ interface ProjectState {
   summary: string
 }
 const projects = new WeakMap<TestProject, ProjectState>()
+/** Files of a project the netns plugin routes (not the browser's, not typecheck's). */
+function isRouted(spec: TestSpecification): boolean {
+  return projects.has(spec.project) && spec.pool === POOL_NAME
+}
 
 async function planProject(project: TestProject, options: ResolvedNetnsOptions): Promise<ProjectState> {
   const config = project.config as typeof project.config & { poolRunner?: ProjectPlan['userPoolRunner'] }
@@ -68,7 +72,7 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
       if (launch.kind === 'shell' && options.recordAttempts) workerEnv.VITEST_NETNS_RECORDING = 'unavailable: the shell launcher does not record'
       const recording = launch.kind === 'shell' ? 'not recorded (shell launcher)' : result.recording === 'on' ? 'recorded' : options.recordAttempts ? `not recorded (${result.recording})` : 'not recorded'
       return {
-        plan: { launch, keep, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink },
+        plan: { launch, keep, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink, sandbox: options.sandbox },
         summary: `${mode} mode, ${launch.kind} launcher, outside attempts ${recording}, uplinks: ${uplink ? uplinkMechanism(mode, options) : 'off'}`,
       }
     }
@@ -78,10 +82,11 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
     failure = `vitest-environment-netns: cannot start namespaced workers: ${error.message}`
   }
   if (options.onUnsupported === 'error') throw new Error(failure)
-  project.vitest.logger.warn(`${failure}\n  netns test files will be reported as skipped (onUnsupported: 'skip').`)
+  const skipped = options.sandbox === 'all' ? 'every test file' : 'netns test files'
+  project.vitest.logger.warn(`${failure}\n  ${skipped} will be reported as skipped (onUnsupported: 'skip').`)
   return {
-    plan: { skipReason: failure.split('\n')[0], userPool, userPoolRunner, workerEnv, setupFile: true },
-    summary: 'unsupported here: netns files are skipped',
+    plan: { skipReason: failure.split('\n')[0], userPool, userPoolRunner, workerEnv, setupFile: true, sandbox: options.sandbox },
+    summary: `unsupported here: ${skipped} skipped`,
   }
 }
 
@@ -121,16 +126,47 @@ function uplinkMechanism(mode: 'root' | 'rootless', options: ResolvedNetnsOption
   return `hub namespace, host services and forwards relayed by the hub; egress past this machine ${egress}`
 }
 
-/** The environment a file will run in, as Vitest decides it: a docblock first, then the project's config. */
+/** The environment a file will run in, as Vitest decides it (getSpecificationsOptions): a docblock first, then the project's config. */
 function environmentOf(spec: TestSpecification): string {
   try {
-    const head = readFileSync(spec.moduleId, 'utf8').slice(0, 4096)
-    const docblock = /@(?:vitest|jest)-environment\s+([\w-]+)/.exec(head)
+    const docblock = /@(?:vitest|jest)-environment\s+([\w-]+)\b/.exec(readFileSync(spec.moduleId, 'utf8'))
     if (docblock) return docblock[1]!
   } catch {
     // unreadable here: Vitest will report it
   }
-  return spec.project.config.environment
+  return spec.project.config.environment || 'node'
+}
+
+const plural = (count: number, noun: string) => `${count} ${noun}${count === 1 ? '' : 's'}`
+
+/** The start line: how many files run in namespaces and how, and which files escaped by docblock. */
+function startLine(vitest: Vitest, specifications: ReadonlyArray<TestSpecification>): string | undefined {
+  const sandboxed: TestSpecification[] = []
+  /** Files whose project says environment: 'netns' but whose docblock chose another one (sandbox: 'netns'): unsandboxed. */
+  const escaped: Array<{ spec: TestSpecification; environment: string }> = []
+  for (const spec of specifications.filter(isRouted)) {
+    if (projects.get(spec.project)!.plan.sandbox === 'all') {
+      sandboxed.push(spec)
+      continue
+    }
+    const environment = environmentOf(spec)
+    if (environment === ENVIRONMENT_NAME) sandboxed.push(spec)
+    else if (spec.project.config.environment === ENVIRONMENT_NAME) escaped.push({ spec, environment })
+  }
+  if (!sandboxed.length && !escaped.length) return undefined
+  const modes = [...new Set(sandboxed.map((spec) => projects.get(spec.project)!.summary))]
+  const how = modes.length ? ` (${modes.join('; ')})` : ''
+  const total = specifications.length
+  const head =
+    sandboxed.length === total && sandboxed.some((spec) => projects.get(spec.project)!.plan.sandbox === 'all')
+      ? `all ${plural(total, 'test file')} run in their own namespaces, each in its own environment${how}`
+      : `${sandboxed.length} of ${plural(total, 'test file')} run in their own namespaces${how}`
+  if (!escaped.length) return `vitest-environment-netns: ${head}`
+  const example = escaped[0]!
+  return (
+    `vitest-environment-netns: ${head}; ${plural(escaped.length, 'file')} chose another environment by docblock ` +
+    `(e.g. ${relative(vitest.config.root, example.spec.moduleId)}: ${example.environment}) and run unsandboxed — use sandbox: 'all'`
+  )
 }
 
 const announced = new WeakSet<Vitest>()
@@ -141,19 +177,16 @@ function announce(vitest: Vitest): void {
   announced.add(vitest)
   vitest.config.reporters.push({
     onTestRunStart(specifications: ReadonlyArray<TestSpecification>) {
-      const netnsFiles = specifications.filter((spec) => projects.has(spec.project) && environmentOf(spec) === ENVIRONMENT_NAME)
-      const modes = [...new Set(netnsFiles.map((spec) => projects.get(spec.project)!.summary))]
-      if (!netnsFiles.length) return
-      vitest.logger.log(
-        `vitest-environment-netns: ${netnsFiles.length} of ${specifications.length} test files run in their own namespaces (${modes.join('; ')})`,
-      )
+      const line = startLine(vitest, specifications)
+      if (line) vitest.logger.log(line)
     },
   } as never)
 }
 
 /**
- * Runs test files whose environment is `netns` in their own user, network,
- * mount and PID namespaces. Add it once: `plugins: [netns()]`.
+ * Runs test files whose environment is `netns` (with sandbox: 'all', every
+ * test file) in their own user, network, mount and PID namespaces. Add it
+ * once: `plugins: [netns()]`.
  */
 export function netns(options?: NetnsOptions): Plugin {
   const resolved = resolveOptions(options)

@@ -1,7 +1,8 @@
 // The netns pool: one custom Vitest pool that starts every `netns` test file
-// in its own namespaced worker process and hands every other file to the
-// worker the project had configured (forks, threads, vmForks, vmThreads or a
-// custom pool), unchanged.
+// (with sandbox: 'all', every test file, in its own environment) in its own
+// namespaced worker process and hands every other file to the worker the
+// project had configured (forks, threads, vmForks, vmThreads or a custom
+// pool), unchanged.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { EventEmitter } from 'node:events'
 import { relative, resolve } from 'node:path'
@@ -41,19 +42,22 @@ const canPreload = nodeMajor > 20 || (nodeMajor === 20 && nodeMinor >= 6)
 type StartRequest = WorkerRequest & { type: 'start' }
 
 /**
- * What a netns worker is told at start: Vitest's built-in `node` environment
- * (the sandbox is already made by the launcher; loading this package as an
- * environment would cost a module runner of its own, ~50 ms per file), and,
- * when needed, worker-setup.ts as one more setup file (strict, keepTmp, skip).
+ * What a netns worker is told at start: for `netns` files, Vitest's built-in
+ * `node` environment (the sandbox is already made by the launcher; loading this
+ * package as an environment would cost a module runner of its own, ~50 ms per
+ * file); any other environment (sandbox: 'all') unchanged, name and options, so
+ * the worker sets it up itself inside the sandbox. And, when needed,
+ * worker-setup.ts as one more setup file (strict, keepTmp, skip).
  */
 function netnsStart(message: StartRequest, withSetupFile: boolean): StartRequest {
   const { context } = message
   const setupFiles = withSetupFile ? [...context.config.setupFiles, workerSetupFile] : context.config.setupFiles
+  const environment = context.environment.name === ENVIRONMENT_NAME ? { ...context.environment, name: 'node' } : context.environment
   return {
     ...message,
     context: {
       ...context,
-      environment: { ...context.environment, name: 'node' },
+      environment,
       config: { ...context.config, setupFiles },
     },
   }
@@ -76,6 +80,8 @@ export interface ProjectPlan {
   setupFile: boolean
   /** Per-test uplinks, unless turned off. */
   uplink?: { mode: UplinkMode; options: ResolvedUplinkOptions }
+  /** Which files get namespaces: those of environment `netns`, or all of them (each in its own environment). */
+  sandbox: 'netns' | 'all'
 }
 
 type Task = Parameters<NonNullable<PoolWorker['canReuse']>>[0]
@@ -84,7 +90,7 @@ export function createNetnsPool(plan: ProjectPlan): PoolRunnerInitializer {
   return {
     name: POOL_NAME,
     createPoolWorker(options: PoolOptions): PoolWorker {
-      if (options.environment.name === ENVIRONMENT_NAME) {
+      if (options.environment.name === ENVIRONMENT_NAME || plan.sandbox === 'all') {
         if (plan.launch) return new NetnsPoolWorker(options, plan, plan.launch)
         return new DelegatingPoolWorker(new ForksPoolWorker(skipOptions(options, plan)), options.environment, (m) => netnsStart(m, true))
       }
