@@ -52,6 +52,8 @@ describe('a suite shaped like a real one (fixtures/real-suite)', () => {
     const result = await netnsRun()
     expectRunPassed(result)
     const files = result.report!.testResults.map((f) => basename(f.name, '.test.ts')).sort()
+    // The start line says so too.
+    expect(result.stdout).toContain(`all ${files.length} test files run in their own namespaces`)
     // Every file recorded where it ran (its first test), and nowhere twice.
     expect(Object.keys(result.records).sort()).toEqual(files)
     const nets = Object.values(result.records).map((r) => r.net as string)
