@@ -63,6 +63,7 @@
 #include <unistd.h>
 
 #include "attempts.h"
+#include "share.h"
 #include "uplink.h"
 
 #define SETUP_FAILED 125
@@ -86,6 +87,9 @@
 #endif
 
 static const char *step = "start";
+/* --share-ports: TCP ports of the host's loopback the sandbox reaches (share.c). */
+static unsigned short share_ports[SHARE_MAX_PORTS];
+static int share_count;
 static const char *keep_paths[MAX_KEEP];
 static int keep_count;
 
@@ -408,8 +412,8 @@ static void fresh_keyring(void) {
   if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0 && errno != ENOSYS) die("join a new session keyring");
 }
 
-/* pid 1 of the new PID namespace. Never returns. */
-static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive, int worker_ctl) {
+/* pid 1 of the new PID namespace. Never returns. `factory`: shared ports' socket factory, or -1. */
+static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive, int worker_ctl, int factory) {
   prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   /* The relay may have been killed before PDEATHSIG was armed. */
   struct pollfd pfd = {relay_alive, POLLIN, 0};
@@ -420,10 +424,19 @@ static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive, int
   mount_proc();
 
   install_forwarding();
+  /* Shared ports: the program sends its connect filter's listener back over this. */
+  int share_pair[2] = {-1, -1};
+  step = "share";
+  if (factory >= 0 && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, share_pair) < 0) die("socketpair");
+  step = "fork";
   pid_t child = fork();
   if (child < 0) die("fork");
   if (child == 0) {
     close(status_fd);
+    if (factory >= 0) {
+      close(factory);
+      close(share_pair[0]);
+    }
     reset_signals();
     if (worker_ctl >= 0) {
       char fd[16];
@@ -432,12 +445,26 @@ static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive, int
       setenv("VITEST_NETNS_FD", fd, 1);
     }
     drop_privileges(uid);
+    /* After no_new_privs (seccomp needs it unprivileged), before exec: the whole tree is filtered. */
+    if (factory >= 0) share_install_filter(share_pair[1]);
     execvp(argv[0], argv);
     step = "exec";
     die(argv[0]);
   }
   forward_to = child;
-  detach_fds(&status_fd, 1);
+  int listener = -1;
+  if (factory >= 0) {
+    close(share_pair[1]);
+    listener = share_receive_listener(share_pair[0]); /* -1: the program failed before exec */
+    close(share_pair[0]);
+  }
+  int keep[3] = {status_fd, listener, factory};
+  detach_fds(keep, 3);
+  if (listener >= 0) {
+    int status = share_supervise(listener, factory, share_ports, share_count, child);
+    if (write(status_fd, &status, sizeof status) < 0) { /* relay gone: nothing to tell */ }
+    _exit(0);
+  }
   for (;;) {
     int status;
     pid_t pid = waitpid(-1, &status, 0);
@@ -524,7 +551,7 @@ static int run_relay(pid_t init, int status_fd, int alive_fd, int ctl, int contr
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: netns-launch [--hub PID] [--keep /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...\n"
+  fprintf(stderr, "usage: netns-launch [--hub PID] [--keep /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--record [--control-fd N]] [--share-ports P,...] [--probe] -- PROGRAM [ARG]...\n"
                   "       netns-launch uplink (--root | --hub) --pool A.B.C.D/N [--state-dir DIR]\n");
   _exit(2);
 }
@@ -572,6 +599,9 @@ int main(int argc, char **argv) {
       long v = strtol(n, &end, 10);
       if (*n < '0' || *n > '9' || *end || v < 3 || v > MAX_FD_NUMBER) usage();
       control = (int)v;
+    } else if (strcmp(argv[i], "--share-ports") == 0 && i + 1 < argc) {
+      share_count = share_parse_ports(argv[++i], share_ports);
+      if (share_count < 0) usage();
     } else if (strcmp(argv[i], "--record") == 0) {
       record = 1;
     } else if (strcmp(argv[i], "--probe") == 0) {
@@ -602,6 +632,13 @@ int main(int argc, char **argv) {
     enter_hub(hub);
     outer_uid = 0;
     outer_gid = 0;
+  }
+
+  /* Made before the network namespace: its sockets are the host's. */
+  int factory = -1;
+  if (share_count > 0) {
+    step = "share";
+    if ((factory = share_start_factory()) < 0) die("socket factory");
   }
 
   step = "unshare";
@@ -637,11 +674,16 @@ int main(int argc, char **argv) {
       /* Mount /proc and drop privileges as a real start would, then report. */
       mount_proc();
       drop_privileges(uid);
+      const char *why = "";
+      int err = share_check_kernel(&why);
+      if (err) dprintf(1, "sharing unavailable: this kernel lacks %s: %s\n", why, strerror(err));
+      else dprintf(1, "sharing on\n");
       _exit(0);
     }
     if (ctl[0] >= 0) close(ctl[0]);
-    run_init(argv + i, uid, status_pipe[1], alive_pipe[0], ctl[1]);
+    run_init(argv + i, uid, status_pipe[1], alive_pipe[0], ctl[1], factory);
   }
+  if (factory >= 0) close(factory); /* init's alone */
   close(status_pipe[1]);
   close(alive_pipe[0]);
   if (ctl[1] >= 0) close(ctl[1]);

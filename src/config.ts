@@ -61,6 +61,13 @@ export interface NetnsOptions {
    * Default `'netns'`.
    */
   sandbox?: 'netns' | 'all'
+  /**
+   * TCP ports of the host's loopback that every netns sandbox reaches at the
+   * same address: 127.0.0.1:port, localhost:port and [::1]:port inside are
+   * the host's service. For ports known only at run time, call
+   * shareHostPort() (vitest-environment-netns/host) in a global setup. Default `[]`.
+   */
+  hostPorts?: number[]
 }
 
 export interface ResolvedNetnsOptions {
@@ -74,6 +81,7 @@ export interface ResolvedNetnsOptions {
   keepTmpDir: string | undefined
   uplink: ResolvedUplinkOptions | false
   sandbox: 'netns' | 'all'
+  hostPorts: number[]
 }
 
 export class NetnsConfigError extends Error {
@@ -83,7 +91,7 @@ export class NetnsConfigError extends Error {
   }
 }
 
-const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher', 'recordAttempts', 'strict', 'keepTmp', 'keepTmpDir', 'uplink', 'sandbox'] as const
+const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher', 'recordAttempts', 'strict', 'keepTmp', 'keepTmpDir', 'uplink', 'sandbox', 'hostPorts'] as const
 export const DEFAULT_UPLINK_POOL = '10.200.0.0/16'
 
 function oneOf<T extends string>(key: string, value: unknown, allowed: readonly T[], fallback: T): T {
@@ -123,6 +131,26 @@ function resolveUplink(value: unknown): ResolvedUplinkOptions | false {
   return { pool: pool as string, egressVia: oneOf('uplink.egressVia', record.egressVia, ['auto', 'pasta', 'slirp4netns', 'none'], 'auto') }
 }
 
+/** Most ports the launcher takes (native/share.h SHARE_MAX_PORTS), hostPorts and shareHostPort together. */
+export const MAX_SHARED_PORTS = 64
+
+function resolveHostPorts(value: unknown): number[] {
+  if (value === undefined) return []
+  if (!Array.isArray(value)) {
+    throw new NetnsConfigError(`option 'hostPorts' must be an array of TCP ports, e.g. hostPorts: [6379, 5432]; got ${JSON.stringify(value)}.`)
+  }
+  const seen = new Set<number>()
+  for (const port of value) {
+    if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) {
+      throw new NetnsConfigError(`option 'hostPorts' takes whole numbers from 1 to 65535; got ${JSON.stringify(port)} in ${JSON.stringify(value)}.`)
+    }
+    if (seen.has(port)) throw new NetnsConfigError(`option 'hostPorts' lists port ${port} twice; list each port once.`)
+    seen.add(port)
+  }
+  if (seen.size > MAX_SHARED_PORTS) throw new NetnsConfigError(`option 'hostPorts' lists ${seen.size} ports; at most ${MAX_SHARED_PORTS} can be shared.`)
+  return [...seen]
+}
+
 export function resolveOptions(options: unknown): ResolvedNetnsOptions {
   if (options === undefined || options === null) options = {}
   if (typeof options !== 'object' || Array.isArray(options)) {
@@ -158,5 +186,6 @@ export function resolveOptions(options: unknown): ResolvedNetnsOptions {
     keepTmpDir: record.keepTmpDir as string | undefined,
     uplink: resolveUplink(record.uplink),
     sandbox: oneOf('sandbox', record.sandbox, ['netns', 'all'], 'netns'),
+    hostPorts: resolveHostPorts(record.hostPorts),
   }
 }

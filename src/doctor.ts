@@ -137,6 +137,7 @@ export async function runDoctor(): Promise<DoctorReport> {
   const options = resolveOptions({})
   let ok = false
   let recording = 'off'
+  let sharing = 'off'
   try {
     const plan = planLauncher(options, [])
     checks.push(
@@ -148,6 +149,7 @@ export async function runDoctor(): Promise<DoctorReport> {
     checks.push(...setupChecks(result))
     ok = result.ok
     recording = result.recording
+    sharing = plan.kind === 'native' ? result.sharing : 'off'
   } catch (error) {
     if (!(error instanceof LauncherUnavailableError)) throw error
     checks.push({ feature: 'launcher', status: 'missing', detail: error.message, fix: `${install(family, 'compiler')}; then npm rebuild vitest-environment-netns (or ${install(family, 'tools')})` })
@@ -158,6 +160,14 @@ export async function runDoctor(): Promise<DoctorReport> {
       : ok
         ? { feature: 'outside attempts recorded (nf_tables)', status: 'missing', detail: recording, fix: 'load nf_tables and nft_reject_inet (sudo modprobe nft_reject_inet): a user namespace cannot load kernel modules' }
         : { feature: 'outside attempts recorded (nf_tables)', status: 'not reached', detail: 'not tried: the sandbox cannot be set up' },
+  )
+  // Shared host ports (hostPorts, shareHostPort): optional, so a note when missing.
+  checks.push(
+    sharing === 'on'
+      ? { feature: 'shared host ports (seccomp user notification)', status: 'ok', detail: 'tried: works' }
+      : ok && sharing !== 'off'
+        ? { feature: 'shared host ports (seccomp user notification)', status: 'info', detail: sharing, fix: 'hostPorts and shareHostPort need Linux 5.14 or later, with seccomp user notification allowed (not blocked by a container profile)' }
+        : { feature: 'shared host ports (seccomp user notification)', status: 'not reached', detail: ok ? 'need the native launcher' : 'not tried: the sandbox cannot be set up' },
   )
 
   // Uplinks: tried for real when the sandbox works (a helper of its own, one throwaway sandbox).

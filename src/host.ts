@@ -2,7 +2,10 @@
 // uplinks connect to, such as a fake upstream network: where the outer ends of
 // the uplinks live, and how to run a command there with the right to change it.
 //   import { uplinkHost } from 'vitest-environment-netns/host'
+//   import { shareHostPort } from 'vitest-environment-netns/host'
 import { registeredUplinkHost, type UplinkMode } from './uplink-host.js'
+
+export { shareHostPort } from './shared-ports.js'
 
 export interface UplinkHost {
   /** `root`: the outer ends are in the host's network namespace. `rootless`: in the run's hub namespace. */

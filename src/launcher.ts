@@ -176,6 +176,15 @@ export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): Lau
   }
 }
 
+/** The launcher's arguments with the ports shared now (native launcher only; none: unchanged). */
+export function withSharedPorts(command: { file: string; args: string[] }, ports: number[]): { file: string; args: string[] } {
+  if (!ports.length) return command
+  const at = command.args.indexOf('--')
+  const args = [...command.args]
+  args.splice(at < 0 ? 0 : at, 0, '--share-ports', ports.join(','))
+  return { file: command.file, args }
+}
+
 /**
  * The command that starts one worker. With rootless uplinks, inside the hub's
  * user namespace, so the sandbox's user namespace is the hub's child and the
@@ -193,6 +202,8 @@ export interface ProbeResult {
   ok: boolean
   /** 'on', 'unavailable: <why>', or 'off' (not asked for, or the shell launcher). */
   recording: string
+  /** Shared host ports: 'on', or 'unavailable: <why>' (native launcher); 'off' for the shell launcher. */
+  sharing: string
   /** The launcher's own words when it failed (stderr). */
   output: string
   /** Setup step that failed, as the native launcher names it (`unshare`, `uid_map`, `loopback`, …). */
@@ -211,12 +222,13 @@ export function probe(plan: LaunchPlan): Promise<ProbeResult> {
     let stdout = ''
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()))
     child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()))
-    child.on('error', (error) => resolvePromise({ ok: false, recording: 'off', output: String(error), step: 'exec' }))
+    child.on('error', (error) => resolvePromise({ ok: false, recording: 'off', sharing: 'off', output: String(error), step: 'exec' }))
     child.on('close', (code) => {
       const recording = /^recording (.*)$/m.exec(stdout)?.[1] ?? 'off'
-      if (code === 0) return resolvePromise({ ok: true, recording, output })
+      const sharing = /^sharing (.*)$/m.exec(stdout)?.[1] ?? 'off'
+      if (code === 0) return resolvePromise({ ok: true, recording, sharing, output })
       const match = /netns-launch: ([a-z_]+): (E[A-Z?]+):/.exec(output)
-      resolvePromise({ ok: false, recording, output: output.trim(), step: match?.[1] ?? shellStep(output), errno: match?.[2] ?? shellErrno(output) })
+      resolvePromise({ ok: false, recording, sharing, output: output.trim(), step: match?.[1] ?? shellStep(output), errno: match?.[2] ?? shellErrno(output) })
     })
   })
 }

@@ -14,6 +14,7 @@ import { cidrSize, formatCidr, overlaps, parseCidr } from './ipv4.js'
 import { createNetnsPool, ENVIRONMENT_NAME, POOL_NAME, type ProjectPlan } from './pool.js'
 import { hostNetworks } from './routes.js'
 import { tunProblem } from './uplink-egress.js'
+import { registerSharing } from './shared-ports.js'
 import { registerUplinkHost, uplinkDaemon } from './uplink-host.js'
 
 export type { NetnsOptions } from './config.js'
@@ -68,12 +69,14 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
     const launch = planLauncher(options, keep)
     const result = await probeOnce(launch)
     if (result.ok) {
+      planSharing(options, launch, result)
       const uplink = planUplink(options, mode, project.config.maxWorkers)
       if (launch.kind === 'shell' && options.recordAttempts) workerEnv.VITEST_NETNS_RECORDING = 'unavailable: the shell launcher does not record'
       const recording = launch.kind === 'shell' ? 'not recorded (shell launcher)' : result.recording === 'on' ? 'recorded' : options.recordAttempts ? `not recorded (${result.recording})` : 'not recorded'
       return {
         plan: { launch, keep, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink, sandbox: options.sandbox },
-        summary: `${mode} mode, ${launch.kind} launcher, outside attempts ${recording}, uplinks: ${uplink ? uplinkMechanism(mode, options) : 'off'}`,
+        summary: `${mode} mode, ${launch.kind} launcher, outside attempts ${recording}, uplinks: ${uplink ? uplinkMechanism(mode, options) : 'off'}` +
+          (options.hostPorts.length ? `, shared host ports: ${options.hostPorts.join(', ')}` : ''),
       }
     }
     failure = unsupportedMessage(result)
@@ -82,12 +85,31 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
     failure = `vitest-environment-netns: cannot start namespaced workers: ${error.message}`
   }
   if (options.onUnsupported === 'error') throw new Error(failure)
+  registerSharing(undefined, options.hostPorts) // netns files are skipped: a global setup's shares change nothing
   const skipped = options.sandbox === 'all' ? 'every test file' : 'netns test files'
   project.vitest.logger.warn(`${failure}\n  ${skipped} will be reported as skipped (onUnsupported: 'skip').`)
   return {
     plan: { skipReason: failure.split('\n')[0], userPool, userPoolRunner, workerEnv, setupFile: true, sandbox: options.sandbox },
     summary: `unsupported here: ${skipped} skipped`,
   }
+}
+
+/**
+ * Shared host ports need the native launcher and a kernel with seccomp user
+ * notification: with hostPorts set, a run without them stops here; without,
+ * shareHostPort() says why when a global setup calls it.
+ */
+function planSharing(options: ResolvedNetnsOptions, launch: LaunchPlan, result: ProbeResult): void {
+  const unavailable =
+    launch.kind === 'shell'
+      ? "shared host ports need the native launcher, and this run uses the shell launcher: build it (a C compiler, then npm rebuild vitest-environment-netns) and use launcher: 'auto' or 'native'."
+      : result.sharing === 'on'
+        ? undefined
+        : `${result.sharing.replace(/^unavailable: /, '')} (shared host ports use seccomp user notification; see vitest-netns doctor).`
+  if (unavailable && options.hostPorts.length) {
+    throw new NetnsConfigError(`cannot share host ports ${options.hostPorts.join(', ')} (hostPorts): ${unavailable}`)
+  }
+  registerSharing(unavailable, options.hostPorts)
 }
 
 /** Checks the uplink pool against this host and the worker count, before any test runs. */

@@ -20,9 +20,10 @@ import {
 } from 'vitest/node'
 import { formatAttempts, queryAttempts } from './attempts.js'
 import type { ResolvedUplinkOptions } from './config.js'
-import { launchCommand, type LaunchPlan } from './launcher.js'
+import { launchCommand, withSharedPorts, type LaunchPlan } from './launcher.js'
 import { ModuleGuard } from './module-guard.js'
 import { SandboxPaths } from './sandbox-paths.js'
+import { annotateSharedPortHints, sharedPorts } from './shared-ports.js'
 import { uplinkDaemon, UplinkSession, type UplinkMode } from './uplink-host.js'
 import { MAX_REQUEST_LINE, parseUplinkRequest, splitLines, type UplinkEnvelope } from './uplink-protocol.js'
 
@@ -226,7 +227,8 @@ export class NetnsPoolWorker implements PoolWorker {
 
   private spawnChild(): ChildProcess {
     const uplink = this.plan.uplink && this.uplinkOff === undefined ? this.plan.uplink : undefined
-    const { file, args } = launchCommand(this.launch, this.hubPid)
+    // The ports shared now: shares a global setup made hold for every file it precedes.
+    const { file, args } = withSharedPorts(launchCommand(this.launch, this.hubPid), this.launch.kind === 'native' ? sharedPorts() : [])
     const stdio: ('pipe' | 'ipc' | 'ignore')[] = ['pipe', 'pipe', 'pipe', 'ipc']
     if (this.launch.controlFd || uplink) stdio.push(this.launch.controlFd ? 'pipe' : 'ignore')
     if (uplink) stdio.push('pipe')
@@ -242,6 +244,7 @@ export class NetnsPoolWorker implements PoolWorker {
         return
       }
       const message = verdict.pass
+      annotateSharedPortHints(message)
       // At the end of each file, and before Vitest hears of it: what it tried to reach.
       if (control && isResponse(message, 'testfileFinished')) void this.reportAttempts(control).then(() => this.onChildMessage(message))
       else this.onChildMessage(message)

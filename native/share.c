@@ -1,0 +1,686 @@
+/*
+ * Shared host ports: a TCP connect() in the sandbox to 127.0.0.1, ::1 or
+ * ::ffff:127.0.0.1 on a shared port reaches the host's loopback, for every
+ * process of the sandbox (Node, curl, native addons).
+ *
+ * Pieces:
+ *  - the program installs a seccomp filter before exec that turns connect()
+ *    into a user notification (io_uring_setup fails with ENOSYS: its
+ *    IORING_OP_CONNECT would not pass the filter), and sends the listener to
+ *    init, its ancestor;
+ *  - a socket factory, forked by the launcher before unshare(CLONE_NEWNET),
+ *    stays in the host's network namespace and hands out fresh TCP sockets
+ *    (a socket's namespace is fixed when it is made);
+ *  - init (share_supervise) answers every connect() itself. It copies the
+ *    target's socket (pidfd_getfd) and reads the address into its own memory,
+ *    then:
+ *      shared destination: connects a host socket to that checked address,
+ *        waits for the handshake, installs the connected socket over the
+ *        target's descriptor (SECCOMP_IOCTL_NOTIF_ADDFD, SETFD) and answers 0;
+ *      anything else: connects its copy of the target's own socket (a socket
+ *        of the sandbox's namespace, checked by SO_NETNS_COOKIE) to the copied
+ *        address, and answers with connect's result;
+ *      a socket of the host's namespace (one we installed, always connected):
+ *        EISCONN.
+ *    It never answers SECCOMP_USER_NOTIF_FLAG_CONTINUE, so the kernel never
+ *    re-reads the address or the descriptor after the check: the object that
+ *    was checked is the object that is connected (docs/how-it-works.md).
+ * Only used when ports are shared: otherwise none of this runs.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "share.h"
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+#ifndef SECCOMP_ADDFD_FLAG_SETFD
+#define SECCOMP_ADDFD_FLAG_SETFD (1UL << 0)
+#endif
+
+#if defined(__x86_64__)
+#define SHARE_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define SHARE_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+/* Connects in flight at once (blocking connects waiting for their handshake). */
+#define MAX_PENDING 256
+
+int share_parse_ports(const char *list, unsigned short *ports) {
+  int n = 0;
+  const char *p = list;
+  while (*p) {
+    char *end;
+    if (*p < '1' || *p > '9') return -1;
+    long v = strtol(p, &end, 10);
+    if (v < 1 || v > 65535 || (*end != ',' && *end != '\0') || n == SHARE_MAX_PORTS) return -1;
+    for (int i = 0; i < n; i++)
+      if (ports[i] == v) return -1;
+    ports[n++] = (unsigned short)v;
+    p = *end ? end + 1 : end;
+  }
+  return n;
+}
+
+/* --- the factory: fresh sockets of the host's network namespace --- */
+
+static void drop_all_caps(void) {
+  prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+  struct __user_cap_data_struct data[2];
+  memset(data, 0, sizeof data);
+  if (syscall(SYS_capset, &hdr, data) < 0) _exit(1);
+}
+
+/* Serves one byte requests ('4' or '6') with one socket each, until the asker is gone. */
+static void run_factory(int sock) {
+  for (;;) {
+    char domain;
+    ssize_t n = recv(sock, &domain, 1, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n != 1) _exit(0);
+    int s = -1;
+    unsigned char err = EAFNOSUPPORT;
+    if (domain == '4' || domain == '6') {
+      s = socket(domain == '4' ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      err = s < 0 ? (unsigned char)errno : 0;
+    }
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    struct iovec iov = {&err, 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (s >= 0) {
+      msg.msg_control = control.buf;
+      msg.msg_controllen = sizeof control.buf;
+      struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int));
+      memcpy(CMSG_DATA(c), &s, sizeof(int));
+    }
+    if (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0) _exit(0);
+    if (s >= 0) close(s);
+  }
+}
+
+int share_start_factory(void) {
+  int sp[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) return -1;
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (getppid() != parent) _exit(0);
+    prctl(PR_SET_NAME, "netns-sockets", 0, 0, 0);
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    for (int fd = 0; fd < 3; fd++) dup2(null, fd);
+    if (dup2(sp[1], 3) < 0) _exit(1);
+    syscall(SYS_close_range, 4, ~0U, 0);
+    drop_all_caps();
+    run_factory(3);
+  }
+  close(sp[1]);
+  return sp[0];
+}
+
+/* A fresh host socket of `domain`, or -1 with errno. */
+static int factory_socket(int factory, int domain) {
+  char req = domain == AF_INET ? '4' : '6';
+  if (send(factory, &req, 1, MSG_NOSIGNAL) != 1) return -1;
+  unsigned char err = 0;
+  union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+  struct iovec iov = {&err, 1};
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf};
+  ssize_t n;
+  while ((n = recvmsg(factory, &msg, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {}
+  if (n != 1) {
+    errno = ENETDOWN;
+    return -1;
+  }
+  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+  if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int))) {
+    errno = err ? err : ENETDOWN;
+    return -1;
+  }
+  int fd;
+  memcpy(&fd, CMSG_DATA(c), sizeof fd);
+  return fd;
+}
+
+/* --- the filter --- */
+
+#ifdef SHARE_ARCH
+static int install_filter(void) {
+  struct sock_filter code[] = {
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SHARE_ARCH, 1, 0),
+    /* Another ABI (i386 on x86_64) would have its own connect: none of it. */
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+#ifdef __x86_64__
+    BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1), /* x32 */
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+#endif
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_connect, 0, 1),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {sizeof code / sizeof code[0], code};
+  return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+}
+#else
+static int install_filter(void) {
+  errno = ENOSYS;
+  return -1;
+}
+#endif
+
+void share_install_filter(int to) {
+  int listener = install_filter();
+  if (listener < 0) {
+    fprintf(stderr, "netns-launch: share: %s: cannot install the connect filter for shared ports: %s\n",
+            errno == ENOSYS ? "ENOSYS" : errno == EINVAL ? "EINVAL" : "E?", strerror(errno));
+    _exit(125);
+  }
+  char byte = 0;
+  union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+  struct iovec iov = {&byte, 1};
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf};
+  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &listener, sizeof(int));
+  if (sendmsg(to, &msg, MSG_NOSIGNAL) != 1) _exit(125);
+  /* The program keeps neither: only init answers its connects. */
+  close(listener);
+  close(to);
+}
+
+int share_receive_listener(int from) {
+  char byte;
+  union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+  struct iovec iov = {&byte, 1};
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf};
+  ssize_t n;
+  while ((n = recvmsg(from, &msg, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {}
+  struct cmsghdr *c = n == 1 ? CMSG_FIRSTHDR(&msg) : NULL;
+  if (!c || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int))) return -1;
+  int fd;
+  memcpy(&fd, CMSG_DATA(c), sizeof fd);
+  return fd;
+}
+
+int share_check_kernel(const char **why) {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  unsigned long long cookie = 0;
+  socklen_t len = sizeof cookie;
+  if (s < 0 || getsockopt(s, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) < 0) {
+    int e = errno;
+    *why = "SO_NETNS_COOKIE (Linux 5.14)";
+    if (s >= 0) close(s);
+    return e;
+  }
+  close(s);
+  int listener = install_filter();
+  if (listener < 0) {
+    *why = "seccomp user notification (Linux 5.0) on this architecture";
+    return errno;
+  }
+  struct seccomp_notif_addfd addfd = {.id = 0, .flags = SECCOMP_ADDFD_FLAG_SETFD, .srcfd = 0, .newfd = 0, .newfd_flags = 0};
+  /* No such notification (ENOENT) means the request itself was understood. */
+  if (ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd) == 0 || errno != ENOENT) {
+    int e = errno;
+    *why = "SECCOMP_IOCTL_NOTIF_ADDFD with SECCOMP_ADDFD_FLAG_SETFD (Linux 5.14)";
+    close(listener);
+    return e ? e : EINVAL;
+  }
+  close(listener);
+  return 0;
+}
+
+/* --- the supervisor --- */
+
+struct pending {
+  __u64 id;
+  int fd;          /* in progress: our copy of the target's socket, or a host socket */
+  int host;        /* 1: fd is a host socket to install when connected */
+  int target_fd;   /* the target's descriptor number */
+  int cloexec, nonblock, nodelay, keepalive, target_domain;
+  int next, count; /* host: candidate addresses (the one asked for first) */
+  int first_error;
+  struct sockaddr_storage cand[2];
+  socklen_t cand_len[2];
+};
+
+static struct {
+  int listener, factory;
+  const unsigned short *ports;
+  int nports;
+  unsigned long long cookie; /* the sandbox's network namespace */
+  int own_proc;              /* /proc is the sandbox's (pids in notifications name its files) */
+  struct pending pending[MAX_PENDING];
+  int npending;
+} sv;
+
+static int chld_pipe[2] = {-1, -1};
+static void on_chld(int sig) {
+  (void)sig;
+  int saved = errno;
+  if (write(chld_pipe[1], "", 1) < 0) { /* already woken */ }
+  errno = saved;
+}
+
+static int id_valid(__u64 id) { return ioctl(sv.listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0; }
+
+/* Answers a notification: 0, or -error. A target that is gone is no one's concern (ENOENT). */
+static void respond(__u64 id, int error) {
+  struct seccomp_notif_resp resp;
+  memset(&resp, 0, sizeof resp);
+  resp.id = id;
+  resp.error = error ? -error : 0;
+  resp.val = 0;
+  if (ioctl(sv.listener, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0) { /* interrupted or dead: it will ask again or not at all */ }
+}
+
+static int shared_port(unsigned port) {
+  for (int i = 0; i < sv.nports; i++)
+    if (sv.ports[i] == port) return 1;
+  return 0;
+}
+
+static void v4_loopback(struct sockaddr_storage *ss, socklen_t *len, int domain, unsigned short port_be) {
+  memset(ss, 0, sizeof *ss);
+  if (domain == AF_INET) {
+    struct sockaddr_in *a = (struct sockaddr_in *)ss;
+    a->sin_family = AF_INET;
+    a->sin_port = port_be;
+    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    *len = sizeof *a;
+  } else { /* keeps an AF_INET6 socket AF_INET6: ::ffff:127.0.0.1 */
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+    a->sin6_family = AF_INET6;
+    a->sin6_port = port_be;
+    a->sin6_addr.s6_addr[10] = a->sin6_addr.s6_addr[11] = 0xff;
+    a->sin6_addr.s6_addr[12] = 127;
+    a->sin6_addr.s6_addr[15] = 1;
+    *len = sizeof *a;
+  }
+}
+
+static void v6_loopback(struct sockaddr_storage *ss, socklen_t *len, unsigned short port_be) {
+  memset(ss, 0, sizeof *ss);
+  struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+  a->sin6_family = AF_INET6;
+  a->sin6_port = port_be;
+  a->sin6_addr = in6addr_loopback;
+  *len = sizeof *a;
+}
+
+/*
+ * Whether `addr` (as the target gave it, for a socket of `domain`) is a shared
+ * port on loopback; if so, fills p's candidate host addresses: the family
+ * asked for first, then the other one (the host's service may listen on
+ * either 127.0.0.1 or ::1).
+ */
+static int shared_destination(const struct sockaddr_storage *addr, socklen_t len, int domain, struct pending *p) {
+  int v4;
+  unsigned short port_be;
+  if (domain == AF_INET && addr->ss_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
+    if (a->sin_addr.s_addr != htonl(INADDR_LOOPBACK)) return 0;
+    v4 = 1;
+    port_be = a->sin_port;
+  } else if (domain == AF_INET6 && addr->ss_family == AF_INET6 && len >= 24 /* SIN6_LEN_RFC2133 */) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
+    static const unsigned char mapped[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1};
+    if (IN6_IS_ADDR_LOOPBACK(&a->sin6_addr)) v4 = 0;
+    else if (memcmp(&a->sin6_addr, mapped, 16) == 0) v4 = 1;
+    else return 0;
+    port_be = a->sin6_port;
+  } else {
+    return 0;
+  }
+  if (!shared_port(ntohs(port_be))) return 0;
+  p->count = 2;
+  if (v4) {
+    v4_loopback(&p->cand[0], &p->cand_len[0], domain, port_be);
+    v6_loopback(&p->cand[1], &p->cand_len[1], port_be);
+  } else {
+    v6_loopback(&p->cand[0], &p->cand_len[0], port_be);
+    v4_loopback(&p->cand[1], &p->cand_len[1], domain, port_be);
+  }
+  return 1;
+}
+
+/* Whether the target's descriptor has FD_CLOEXEC, from its fdinfo; sockets opened by libuv, Python and Go do. */
+static int target_cloexec(pid_t pid, int fd) {
+  if (!sv.own_proc) return 1;
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/%d/fdinfo/%d", (int)pid, fd);
+  int f = open(path, O_RDONLY | O_CLOEXEC);
+  if (f < 0) return 1;
+  ssize_t n = read(f, buf, sizeof buf - 1);
+  close(f);
+  if (n <= 0) return 1;
+  buf[n] = '\0';
+  char *flags = strstr(buf, "flags:");
+  return flags ? (strtoul(flags + 6, NULL, 8) & O_CLOEXEC) != 0 : 1;
+}
+
+/* Installs the connected host socket over the target's descriptor and answers 0. Closes `fd`. */
+static void install(struct pending *p, int fd) {
+  fcntl(fd, F_SETFL, p->nonblock ? O_NONBLOCK : 0);
+  struct seccomp_notif_addfd addfd = {
+    .id = p->id, .flags = SECCOMP_ADDFD_FLAG_SETFD, .srcfd = (__u32)fd, .newfd = (__u32)p->target_fd,
+    .newfd_flags = p->cloexec ? O_CLOEXEC : 0,
+  };
+  /*
+   * Not SECCOMP_ADDFD_FLAG_SEND: that answers with the new descriptor's number, and connect() must return 0.
+   * The socket is connected already, so the moment between the two calls gives the target nothing new.
+   */
+  if (ioctl(sv.listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd) >= 0) respond(p->id, 0);
+  close(fd);
+}
+
+/*
+ * Tries p's candidate addresses from p->next on, each with a fresh host
+ * socket. Returns 1 while a connect is in flight (p->fd), 0 when answered.
+ */
+static int connect_host(struct pending *p) {
+  while (p->next < p->count) {
+    struct sockaddr_storage *addr = &p->cand[p->next];
+    int fd = factory_socket(sv.factory, addr->ss_family);
+    int err;
+    if (fd < 0) {
+      err = errno;
+    } else {
+      fcntl(fd, F_SETFL, O_NONBLOCK);
+      int one = 1;
+      if (p->nodelay) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      if (p->keepalive) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+      if (connect(fd, (struct sockaddr *)addr, p->cand_len[p->next]) == 0) {
+        install(p, fd);
+        return 0;
+      }
+      err = errno;
+      if (err == EINPROGRESS) {
+        p->fd = fd;
+        return 1;
+      }
+      close(fd);
+    }
+    if (p->next == 0) p->first_error = err;
+    p->next++;
+  }
+  respond(p->id, p->first_error ? p->first_error : ECONNREFUSED);
+  return 0;
+}
+
+/* A connect in flight finished (writable or failed). Returns 1 if p is still in flight. */
+static int finish(struct pending *p) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+  if (!p->host) {
+    respond(p->id, err);
+    close(p->fd);
+    return 0;
+  }
+  if (!err) {
+    install(p, p->fd);
+    return 0;
+  }
+  close(p->fd);
+  if (p->next == 0) p->first_error = err;
+  p->next++;
+  return connect_host(p);
+}
+
+/*
+ * A connect that is not to a shared port: our copy of the target's own socket
+ * (in the sandbox's namespace) is connected to the copied address, here, so
+ * nothing is re-read. AF_UNIX paths resolve from the target's working directory.
+ */
+static int connect_own(struct pending *p, pid_t pid, int copy, const struct sockaddr_storage *addr, socklen_t len, int flags) {
+  int cwd = -1, here = -1;
+  if (addr->ss_family == AF_UNIX && len > offsetof(struct sockaddr_un, sun_path)) {
+    const char *path = ((const struct sockaddr_un *)addr)->sun_path;
+    if (path[0] != '/' && path[0] != '\0' && sv.own_proc) {
+      char where[64];
+      snprintf(where, sizeof where, "/proc/%d/cwd", (int)pid);
+      cwd = open(where, O_PATH | O_DIRECTORY | O_CLOEXEC);
+      here = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+      if (cwd >= 0 && here >= 0 && fchdir(cwd) == 0) { /* resolved from there */ }
+    }
+  }
+  int blocking = !(flags & O_NONBLOCK);
+  /* The description is the target's: O_NONBLOCK only for the call, so init never waits in connect(). */
+  if (blocking) fcntl(copy, F_SETFL, flags | O_NONBLOCK);
+  int r = connect(copy, (const struct sockaddr *)addr, len);
+  int err = r == 0 ? 0 : errno;
+  if (blocking) fcntl(copy, F_SETFL, flags);
+  if (here >= 0) {
+    if (fchdir(here) < 0) { /* init's directory is / anyway */ }
+    close(here);
+  }
+  if (cwd >= 0) close(cwd);
+  /* A blocking connect waits for its handshake, as the kernel would have (EALREADY: asked again after a signal). */
+  if (blocking && (err == EINPROGRESS || err == EALREADY)) {
+    p->fd = copy;
+    p->host = 0;
+    return 1;
+  }
+  respond(p->id, err);
+  close(copy);
+  return 0;
+}
+
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD O_EXCL
+#endif
+
+/*
+ * A pidfd for the task that called connect(): often not the thread group's
+ * leader (glibc's resolver, libuv's threads). Linux 6.9 opens a thread's
+ * pidfd (PIDFD_THREAD); before, its thread group's, which shares its descriptors.
+ */
+static int target_pidfd(pid_t tid) {
+  int fd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
+  if (fd >= 0 || errno != EINVAL) return fd;
+  fd = (int)syscall(SYS_pidfd_open, tid, 0);
+  if (fd >= 0 || errno != EINVAL || !sv.own_proc) return fd;
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
+  int f = open(path, O_RDONLY | O_CLOEXEC);
+  if (f < 0) return -1;
+  ssize_t n = read(f, buf, sizeof buf - 1);
+  close(f);
+  if (n <= 0) return -1;
+  buf[n] = '\0';
+  char *tgid = strstr(buf, "\nTgid:");
+  return tgid ? (int)syscall(SYS_pidfd_open, (pid_t)strtol(tgid + 6, NULL, 10), 0) : -1;
+}
+
+static int sockopt_int(int fd, int level, int name) {
+  int v = 0;
+  socklen_t len = sizeof v;
+  return getsockopt(fd, level, name, &v, &len) < 0 ? -1 : v;
+}
+
+/* One connect() notification. Returns 1 if it left a connect in flight in *p. */
+static int handle(struct pending *p) {
+  struct seccomp_notif req;
+  memset(&req, 0, sizeof req);
+  if (ioctl(sv.listener, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0) return 0;
+  memset(p, 0, sizeof *p);
+  p->id = req.id;
+  p->fd = -1;
+  if (req.data.nr != __NR_connect) {
+    respond(req.id, ENOSYS);
+    return 0;
+  }
+  int target_fd = (int)req.data.args[0];
+  __u64 remote = req.data.args[1];
+  long long len = (long long)(int)req.data.args[2];
+  int pidfd = target_pidfd(req.pid);
+  if (pidfd < 0) {
+    respond(req.id, ESRCH); /* gone, most likely: then no one hears it */
+    return 0;
+  }
+  /* The pid named the notifying task when the pidfd was made (not a reused pid). */
+  if (!id_valid(req.id)) {
+    close(pidfd);
+    return 0;
+  }
+  int copy = (int)syscall(SYS_pidfd_getfd, pidfd, target_fd, 0);
+  int getfd_error = errno;
+  close(pidfd);
+  if (copy < 0) {
+    respond(req.id, getfd_error == EBADF ? EBADF : getfd_error);
+    return 0;
+  }
+  struct stat st;
+  if (fstat(copy, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+    close(copy);
+    respond(req.id, ENOTSOCK);
+    return 0;
+  }
+  if (len < 0 || len > (long long)sizeof(struct sockaddr_storage)) {
+    close(copy);
+    respond(req.id, EINVAL);
+    return 0;
+  }
+  struct sockaddr_storage addr;
+  memset(&addr, 0, sizeof addr);
+  struct iovec local = {&addr, (size_t)len}, far = {(void *)(uintptr_t)remote, (size_t)len};
+  if (len > 0 && syscall(SYS_process_vm_readv, req.pid, &local, 1, &far, 1, 0) != len) {
+    close(copy);
+    respond(req.id, EFAULT);
+    return 0;
+  }
+  /* What was read is the notifying task's (it is still waiting in this connect). */
+  if (!id_valid(req.id)) {
+    close(copy);
+    return 0;
+  }
+  unsigned long long cookie = 0;
+  socklen_t cookie_len = sizeof cookie;
+  if (getsockopt(copy, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &cookie_len) < 0 || cookie != sv.cookie) {
+    /* A host socket we installed: it is connected, and stays so (never re-connected, never disconnected). */
+    close(copy);
+    respond(req.id, EISCONN);
+    return 0;
+  }
+  int domain = sockopt_int(copy, SOL_SOCKET, SO_DOMAIN);
+  int type = sockopt_int(copy, SOL_SOCKET, SO_TYPE);
+  int protocol = sockopt_int(copy, SOL_SOCKET, SO_PROTOCOL);
+  int flags = fcntl(copy, F_GETFL);
+  if (flags < 0) flags = 0;
+  p->target_fd = target_fd;
+  if ((domain == AF_INET || domain == AF_INET6) && type == SOCK_STREAM && protocol == IPPROTO_TCP &&
+      shared_destination(&addr, (socklen_t)len, domain, p)) {
+    struct sockaddr_storage peer;
+    socklen_t peer_len = sizeof peer;
+    if (getpeername(copy, (struct sockaddr *)&peer, &peer_len) == 0) {
+      close(copy);
+      respond(req.id, EISCONN);
+      return 0;
+    }
+    p->nonblock = (flags & O_NONBLOCK) != 0;
+    p->nodelay = sockopt_int(copy, IPPROTO_TCP, TCP_NODELAY) > 0;
+    p->keepalive = sockopt_int(copy, SOL_SOCKET, SO_KEEPALIVE) > 0;
+    p->target_domain = domain;
+    p->cloexec = target_cloexec(req.pid, target_fd);
+    p->host = 1;
+    close(copy);
+    return connect_host(p);
+  }
+  return connect_own(p, req.pid, copy, &addr, (socklen_t)len, flags);
+}
+
+static unsigned long long own_cookie(void) {
+  unsigned long long cookie = 0;
+  socklen_t len = sizeof cookie;
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s >= 0 && getsockopt(s, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) < 0) cookie = 0;
+  if (s >= 0) close(s);
+  return cookie;
+}
+
+int share_supervise(int listener, int factory, const unsigned short *ports, int nports, pid_t child) {
+  sv.listener = listener;
+  sv.factory = factory;
+  sv.ports = ports;
+  sv.nports = nports;
+  sv.cookie = own_cookie();
+  char self[16] = "";
+  sv.own_proc = readlink("/proc/self", self, sizeof self - 1) > 0 && strcmp(self, "1") == 0;
+  if (pipe2(chld_pipe, O_CLOEXEC | O_NONBLOCK) < 0) return -1;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_chld;
+  sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+  sigaction(SIGCHLD, &sa, NULL);
+  static struct pollfd fds[2 + MAX_PENDING];
+  for (;;) {
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+      if (pid == child) return status;
+    if (pid < 0 && errno == ECHILD) return 0;
+    fds[0] = (struct pollfd){chld_pipe[0], POLLIN, 0};
+    /* All slots busy: later connects wait in the kernel until one frees. */
+    fds[1] = (struct pollfd){sv.npending < MAX_PENDING ? sv.listener : -1, POLLIN, 0};
+    for (int i = 0; i < sv.npending; i++) fds[2 + i] = (struct pollfd){sv.pending[i].fd, POLLOUT, 0};
+    /* With connects in flight, wake now and then to drop those whose target is gone. */
+    if (poll(fds, 2 + sv.npending, sv.npending ? 1000 : -1) < 0) continue;
+    if (fds[0].revents) {
+      char drain[64];
+      while (read(chld_pipe[0], drain, sizeof drain) > 0) {}
+    }
+    /* Finished connects first: they free their slots. */
+    for (int i = sv.npending - 1; i >= 0; i--) {
+      struct pending *p = &sv.pending[i];
+      int keep = 1;
+      if (fds[2 + i].revents) keep = finish(p);
+      else if (!id_valid(p->id)) {
+        close(p->fd);
+        keep = 0;
+      }
+      if (!keep) sv.pending[i] = sv.pending[--sv.npending];
+    }
+    if (fds[1].revents & POLLIN) {
+      if (handle(&sv.pending[sv.npending])) sv.npending++;
+    } else if (fds[1].revents & (POLLHUP | POLLERR | POLLNVAL)) {
+      /* Nothing can notify any more: only reaping is left. */
+      sv.listener = -1;
+    }
+  }
+}
