@@ -176,6 +176,71 @@ static void bind_over(const char *src, const char *target) {
     die(target);
 }
 
+/* The host's /etc/hosts is copied up to this size (whole lines); more is left out, said so in a comment. */
+#define HOSTS_MAX (256 * 1024)
+static char hosts_text[HOSTS_MAX + 1024];
+
+/* Whether `name` is one of a line's names (not its address, not a comment) in a hosts file. */
+static int hosts_has_name(const char *text, const char *name) {
+  size_t n = strlen(name);
+  for (const char *line = text; *line;) {
+    const char *end = strchrnul(line, '\n');
+    const char *stop = memchr(line, '#', (size_t)(end - line));
+    if (!stop) stop = end;
+    int field = 0;
+    for (const char *p = line; p < stop;) {
+      while (p < stop && (*p == ' ' || *p == '\t' || *p == '\r')) p++;
+      const char *word = p;
+      while (p < stop && *p != ' ' && *p != '\t' && *p != '\r') p++;
+      if (p == word) continue;
+      if (field++ > 0 && (size_t)(p - word) == n && strncasecmp(word, name, n) == 0) return 1;
+    }
+    line = *end ? end + 1 : end;
+  }
+  return 0;
+}
+
+/*
+ * The host's /etc/hosts into hosts_text, whole lines, at most HOSTS_MAX bytes;
+ * returns the length, 0 when it is missing, unreadable, not a regular file or
+ * not text (then the minimal file is used).
+ */
+static size_t copy_host_hosts(void) {
+  int fd = open("/etc/hosts", O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) return 0;
+  struct stat st;
+  size_t len = 0;
+  ssize_t n = 0;
+  if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) n = -1;
+  while (n >= 0 && len <= HOSTS_MAX && (n = read(fd, hosts_text + len, HOSTS_MAX + 1 - len)) > 0) len += (size_t)n;
+  close(fd);
+  if (n < 0 || memchr(hosts_text, '\0', len)) return 0;
+  if (len > HOSTS_MAX) { /* too long: keep whole lines */
+    char *last = memrchr(hosts_text, '\n', HOSTS_MAX);
+    len = last ? (size_t)(last - hosts_text) + 1 : 0;
+    len += (size_t)snprintf(hosts_text + len, sizeof hosts_text - len,
+                            "# vitest-environment-netns: the rest of the host's file (over %d bytes) is left out\n",
+                            HOSTS_MAX);
+  } else if (len > 0 && hosts_text[len - 1] != '\n') {
+    hosts_text[len++] = '\n';
+  }
+  hosts_text[len] = '\0';
+  return len;
+}
+
+/*
+ * The sandbox's hosts file: the host's, so that names (and the order of
+ * `localhost`'s addresses) mean inside what they mean outside, plus only what
+ * must be there: a localhost line if the host's file has none, a line for the
+ * hostname (kept by the UTS namespace) if it is missing.
+ */
+static void build_hosts(const char *hostname) {
+  size_t len = copy_host_hosts(), room = sizeof hosts_text;
+  if (!hosts_has_name(hosts_text, "localhost"))
+    len += (size_t)snprintf(hosts_text + len, room - len, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+  if (!hosts_has_name(hosts_text, hostname)) snprintf(hosts_text + len, room - len, "127.0.1.1\t%s\n", hostname);
+}
+
 /*
  * Own resolv.conf, hosts and nsswitch.conf, so that `localhost` resolves from
  * the file and every other name fails at once (a nameserver on our own
@@ -186,14 +251,12 @@ static void bind_over(const char *src, const char *target) {
  */
 static void private_etc(void) {
   char hostname[256] = "localhost";
-  char hosts[700];
   step = "etc";
-  gethostname(hostname, sizeof hostname - 1);
-  if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=0755") < 0)
+  if (gethostname(hostname, sizeof hostname - 1) < 0 || !hostname[0]) strcpy(hostname, "localhost");
+  build_hosts(hostname);
+  if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=512k,mode=0755") < 0)
     die("staging tmpfs");
-  snprintf(hosts, sizeof hosts,
-           "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n", hostname);
-  write_new_file("/tmp/hosts", hosts);
+  write_new_file("/tmp/hosts", hosts_text);
   write_new_file("/tmp/resolv.conf", "# vitest-environment-netns: no network, names fail fast\n"
                                      "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n");
   write_new_file("/tmp/nsswitch.conf", "# vitest-environment-netns\npasswd: files\ngroup: files\n"

@@ -94,8 +94,28 @@ mount -o remount,bind,ro,nosuid,nodev,noexec /proc/sys
 if [ -n "$NETNS_KEYCTL" ]; then "$NETNS_KEYCTL" new_session >/dev/null; fi
 ip link set lo up
 mount --make-rslave /
-mount -t tmpfs -o size=64k,mode=0755,nosuid,nodev tmpfs /tmp
-printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n' "$(hostname 2>/dev/null || echo localhost)" > /tmp/hosts
+mount -t tmpfs -o size=512k,mode=0755,nosuid,nodev tmpfs /tmp
+# The host's hosts file (whole lines, up to 256 KiB), plus a localhost line and one for the hostname only if missing.
+copy_hosts() {
+  local LC_ALL=C line name size=0 host has_localhost= has_host=
+  host=$(hostname 2>/dev/null || true); host=${'$'}{host:-localhost}
+  if [ -f /etc/hosts ] && [ -r /etc/hosts ]; then
+    while IFS= read -r line || [ -n "$line" ]; do
+      size=$((size + ${'$'}{#line} + 1))
+      if [ "$size" -gt 262144 ]; then echo "# vitest-environment-netns: the rest of the host's file (over 262144 bytes) is left out"; break; fi
+      printf '%s\n' "$line"
+      set -f; set -- ${'$'}{line%%#*}; set +f
+      if [ $# -gt 0 ]; then shift; fi
+      for name; do
+        if [ "${'$'}{name,,}" = localhost ]; then has_localhost=1; fi
+        if [ "${'$'}{name,,}" = "${'$'}{host,,}" ]; then has_host=1; fi
+      done
+    done < /etc/hosts
+  fi
+  if [ -z "$has_localhost" ]; then printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n'; fi
+  if [ -z "$has_host" ] && [ "${'$'}{host,,}" != localhost ]; then printf '127.0.1.1\t%s\n' "$host"; fi
+}
+copy_hosts > /tmp/hosts
 printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' > /tmp/resolv.conf
 printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\n' > /tmp/nsswitch.conf
 for f in hosts resolv.conf nsswitch.conf; do
