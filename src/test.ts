@@ -59,7 +59,8 @@ export const test = base.extend<NetnsFixtures>({
     if (!sandbox) {
       throw new Error(
         "vitest-environment-netns: the 'netns' fixture only works in files whose environment is 'netns' " +
-          "(add '// @vitest-environment netns' at the top of the file, or test.environment: 'netns'), with the netns() plugin enabled.",
+          "(add '// @vitest-environment netns' at the top of the file, or test.environment: 'netns'), with the netns() plugin enabled; " +
+          "with netns({ sandbox: 'all' }), in any file.",
       )
     }
     await use({ ...sandbox, recording: recordingState(), attempts: async () => (await readAttempts()) ?? [] })

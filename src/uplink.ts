@@ -118,7 +118,7 @@ function connect() {
   if (!Number.isInteger(fd) || fd < 3) {
     const why = process.env.VITEST_NETNS_UPLINK_OFF
     throw new UplinkUsageError(
-      why ? `uplinks are off in this run: ${why}` : "the 'uplink' fixture only works in netns files (environment 'netns', with the netns() plugin).",
+      why ? `uplinks are off in this run: ${why}` : "the 'uplink' fixture only works in netns files (environment 'netns', with the netns() plugin; with netns({ sandbox: 'all' }), any file).",
     )
   }
   const socket = new Socket({ fd, readable: true, writable: true })
