@@ -38,6 +38,13 @@ describe('shared host ports', () => {
     expect(result.stdout).toMatch(/2 of 2 test files run in their own namespaces \([^)]*shared host ports: \d+\)/)
   })
 
+  test('the same with uplinks on (rootless: sandboxes made inside the hub namespace)', async () => {
+    const result = await run({ env: { NETNS_UPLINK: '1' } })
+    expect(result.code, failures(result)).toBe(0)
+    expect(result.report?.numFailedTests, failures(result)).toBe(0)
+    expect(result.report?.numPassedTests, failures(result)).toBeGreaterThanOrEqual(10)
+  })
+
   test('a refused loopback connect on a port the host listens on says to share it', async () => {
     const result = await run({ include: 'test/hint.test.ts' })
     expect(result.report?.numFailedTests, failures(result)).toBe(1)

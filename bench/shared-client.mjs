@@ -1,0 +1,47 @@
+// Client of bench/shared-ports.mjs, run once as a plain process and once in a
+// sandbox: connects to 127.0.0.1:PORT and prints one JSON line.
+//   node bench/shared-client.mjs PORT throughput BYTES  -> {"mibPerS": n}
+//   node bench/shared-client.mjs PORT rtt COUNT          -> {"rttUs": [..]} (one 1-byte echo per sample)
+import { connect } from 'node:net'
+
+const [port, mode, amount] = process.argv.slice(2)
+const socket = connect({ port: Number(port), host: '127.0.0.1', noDelay: true })
+socket.on('error', (error) => {
+  console.error(String(error))
+  process.exit(1)
+})
+socket.once('connect', () => {
+  if (mode === 'throughput') {
+    const total = Number(amount)
+    let got = 0
+    const start = process.hrtime.bigint()
+    socket.write(`T${total}\n`)
+    socket.on('data', (chunk) => {
+      got += chunk.length
+      if (got >= total) {
+        const seconds = Number(process.hrtime.bigint() - start) / 1e9
+        console.log(JSON.stringify({ mibPerS: total / 1048576 / seconds }))
+        socket.destroy()
+      }
+    })
+    return
+  }
+  socket.write('E\n')
+  const count = Number(amount)
+  const samples = []
+  let sent = 0n
+  const ping = () => {
+    sent = process.hrtime.bigint()
+    socket.write('x')
+  }
+  socket.on('data', () => {
+    samples.push(Number(process.hrtime.bigint() - sent) / 1000)
+    if (samples.length >= count) {
+      console.log(JSON.stringify({ rttUs: samples }))
+      socket.destroy()
+      return
+    }
+    ping()
+  })
+  ping()
+})

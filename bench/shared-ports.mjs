@@ -1,0 +1,101 @@
+// Shared host ports benchmark: a service on the host's 127.0.0.1, reached from
+// a sandbox through a shared port (netns-launch --share-ports, what a netns
+// file with hostPorts/shareHostPort gets), against a plain process talking to
+// the same service, in one run. Throughput (a bounded transfer) and round
+// trip (1-byte echoes), alternating the two, several rounds.
+//
+//   npm run bench
+//   node bench/shared-ports.mjs [--mib 256] [--pings 2000] [--rounds 5]
+//
+// Traffic stays on the host's loopback. Timing is only reported, never checked.
+import { spawn } from 'node:child_process'
+import { createServer } from 'node:net'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { fmt, median, parseArgs, table } from './lib.mjs'
+
+const here = dirname(fileURLToPath(import.meta.url))
+const launcher = join(here, '..', 'build', 'netns-launch')
+const client = join(here, 'shared-client.mjs')
+const args = parseArgs(process.argv.slice(2), {
+  script: import.meta.url,
+  helpLines: 11,
+  defaults: { mib: 256, pings: 2000, rounds: 5 },
+  limits: { mib: [1, 1024], pings: [10, 100000], rounds: [1, 50] },
+})
+
+// One server: "T<bytes>\n" sends that many bytes; "E\n" echoes every byte after it.
+const block = Buffer.alloc(1 << 20, 7)
+const server = createServer((socket) => {
+  socket.setNoDelay(true)
+  let head = ''
+  const onData = (chunk) => {
+    head += chunk.toString('latin1')
+    const nl = head.indexOf('\n')
+    if (nl < 0) return
+    socket.off('data', onData)
+    const rest = head.slice(nl + 1)
+    if (head[0] === 'T') {
+      let left = Math.min(Number(head.slice(1, nl)), 1 << 30)
+      const pump = () => {
+        while (left > 0) {
+          const n = Math.min(left, block.length)
+          left -= n
+          if (!socket.write(n === block.length ? block : block.subarray(0, n))) return void socket.once('drain', pump)
+        }
+      }
+      pump()
+    } else {
+      socket.on('data', (d) => socket.write(d))
+      if (rest) socket.write(rest)
+    }
+  }
+  socket.on('data', onData)
+  socket.on('error', () => {})
+})
+await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+const port = server.address().port
+
+function runClient(sandboxed, mode, amount) {
+  const command = sandboxed
+    ? [launcher, ['--share-ports', String(port), '--', process.execPath, client, String(port), mode, String(amount)]]
+    : [process.execPath, [client, String(port), mode, String(amount)]]
+  return new Promise((resolve, reject) => {
+    const child = spawn(command[0], command[1], { stdio: ['ignore', 'pipe', 'inherit'], cwd: join(here, '..') })
+    let out = ''
+    child.stdout.on('data', (d) => (out += d))
+    const timer = setTimeout(() => child.kill('SIGKILL'), 120_000)
+    child.on('close', (code) => {
+      clearTimeout(timer)
+      if (code !== 0) return reject(new Error(`${sandboxed ? 'sandboxed' : 'plain'} ${mode} client exited ${code}`))
+      resolve(JSON.parse(out))
+    })
+  })
+}
+
+const results = { plain: { mib: [], rtt: [] }, sandbox: { mib: [], rtt: [] } }
+try {
+  for (let round = 0; round < args.rounds; round++) {
+    for (const kind of round % 2 ? ['sandbox', 'plain'] : ['plain', 'sandbox']) {
+      const sandboxed = kind === 'sandbox'
+      results[kind].mib.push((await runClient(sandboxed, 'throughput', args.mib * 1048576)).mibPerS)
+      results[kind].rtt.push(median((await runClient(sandboxed, 'rtt', args.pings)).rttUs))
+    }
+  }
+} finally {
+  server.close()
+}
+const mode = process.getuid?.() === 0 ? 'root' : 'rootless'
+const tp = (k) => median(results[k].mib)
+const rt = (k) => median(results[k].rtt)
+console.log(`\nShared host port (${mode}): ${args.rounds} rounds, ${args.mib} MiB per transfer, ${args.pings} echoes per round trip sample, medians`)
+console.log(
+  table(
+    ['path', 'throughput MiB/s', 'round trip µs'],
+    [
+      ['plain process -> host 127.0.0.1', fmt(tp('plain')), fmt(rt('plain'), 1)],
+      ['sandbox, shared port -> host 127.0.0.1', fmt(tp('sandbox')), fmt(rt('sandbox'), 1)],
+      ['ratio (sandbox / plain)', fmt(tp('sandbox') / tp('plain'), 2) + 'x', fmt(rt('sandbox') / rt('plain'), 2) + 'x'],
+    ],
+  ),
+)
