@@ -2,27 +2,33 @@
  * Recording attempts to reach the outside, in the kernel.
  *
  * Inside the sandbox's network namespace:
- *   - default routes (IPv4 and IPv6) point at lo, so a packet to any outside
- *     address is actually built and passes the netfilter output hook
- *     (without a route, connect() fails before any packet exists). They have
- *     a high metric (1024): an uplink's default route via eth0 (metric 0,
- *     uplink.c) wins while it is attached, and when the uplink takes eth0
- *     down the kernel drops that route and lo's takes over again;
+ *   - the black hole: a veth pair `offline` / `offline-peer` (no addresses,
+ *     the peer down), and default routes (IPv4 and IPv6) via a gateway on
+ *     `offline` that never answers. A packet to any outside address is
+ *     actually built and passes the netfilter output hook (without a route,
+ *     connect() fails before any packet exists). The routes have a high
+ *     metric (1024): an uplink's default route via eth0 (metric 0, uplink.c)
+ *     wins while it is attached, and when the uplink takes eth0 down the
+ *     kernel drops that route and these take over again;
  *   - an nf_tables table counts each attempt in a dynamic set keyed by
- *     destination . protocol . port, then rejects it: a TCP connect (its
- *     SYN) with a reset (ECONNREFUSED at once), a UDP datagram with an ICMP
- *     error (EPERM at once); other protocols are rejected uncounted.
+ *     destination . protocol . port. A TCP connect (its SYN) then goes on to
+ *     the black hole: the gateway's neighbour lookup fails after one probe
+ *     (10-20 ms) and the kernel answers the connect with EHOSTUNREACH, as on a
+ *     machine whose network is gone. A reject in the output hook cannot give
+ *     that at once (docs/how-it-works.md). A UDP datagram is rejected with an
+ *     ICMP error (EPERM at once: let through, it would vanish silently);
+ *     other protocols are rejected uncounted.
  *     Loopback traffic is untouched, and so is traffic leaving through eth0,
  *     the inner end of an uplink (its first rule, `oifname "eth0" accept`):
  *     the uplink daemon filters that.
  *   - any other TCP packet to the outside belongs to a connection an uplink
  *     carried, sent after the uplink went down (a FIN when the connection is
  *     closed, its retransmits, a late ACK): it is dropped, not counted. It
- *     is not an attempt, and counting it blamed whatever test ran next. A
- *     reset would not help: it is addressed to the uplink's address, which
- *     went down with the link, so it could never reach the socket.
- *   - route_localnet=1 on lo lets the reset, addressed to 127.0.0.1 from an
- *     outside address, come back in over lo.
+ *     is not an attempt, and counting it blamed whatever test ran next.
+ *   - route_localnet=1 on lo lets the black hole's ICMP error, addressed to
+ *     127.0.0.1, come back in over lo.
+ *   - a kernel without veth gets the old shape: default routes via lo, and
+ *     TCP connects reset (ECONNREFUSED at once) instead.
  * The ruleset is sent as one nfnetlink batch (no `nft` process: that costs
  * 20-30 ms per start). Equivalent nft syntax is in docs/how-it-works.md.
  */
@@ -32,6 +38,9 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_link.h>
+#include <linux/rtnetlink.h>
+#include <linux/veth.h>
 #include <net/if.h>
 #include <net/route.h>
 #include <netinet/in.h>
@@ -47,6 +56,9 @@
 
 #define TABLE "vitest_netns"
 #define BUF_SIZE 16384
+/* The black hole outside destinations are routed to, and its veth peer (left down). */
+#define OFFLINE "offline"
+#define OFFLINE_PEER "offline-peer"
 
 /* ---- expressions (the generic ones are in nl.h) ---- */
 
@@ -124,8 +136,12 @@ static void match_tcp_syn(struct msg *m) {
   cmp_u8(m, NFT_REG_1, syn);
 }
 
-/* Count destination . protocol . port, then reject. TCP: only connects (see the header). */
-static void count_and_reject(struct msg *m, uint32_t seq, int v6, uint8_t proto) {
+/*
+ * Count destination . protocol . port, then reject. TCP: only connects (see
+ * the header); with the black hole they are let through to it, where they
+ * fail as on a machine whose gateway does not answer.
+ */
+static void count_and_reject(struct msg *m, uint32_t seq, int v6, uint8_t proto, int black_hole) {
   size_t exprs, r = rule_begin(m, seq, &exprs);
   meta(m, NFT_META_L4PROTO, NFT_REG_1);
   cmp_u8(m, NFT_REG_1, proto);
@@ -143,7 +159,8 @@ static void count_and_reject(struct msg *m, uint32_t seq, int v6, uint8_t proto)
     payload(m, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, NFT_REG32_00 + 2);
   }
   dynset_update(m, v6 ? "out6" : "out4", v6 ? 2 : 1);
-  if (proto == IPPROTO_TCP) reject(m, NFT_REJECT_TCP_RST, 0);
+  if (proto == IPPROTO_TCP && black_hole) accept_verdict(m);
+  else if (proto == IPPROTO_TCP) reject(m, NFT_REJECT_TCP_RST, 0);
   else reject(m, NFT_REJECT_ICMPX_UNREACH, NFT_REJECT_ICMPX_PORT_UNREACH);
   rule_end(m, r, exprs);
 }
@@ -164,7 +181,7 @@ static void reject_rest(struct msg *m, uint32_t seq) {
   rule_end(m, r, exprs);
 }
 
-static int build_ruleset(struct msg *m) {
+static int build_ruleset(struct msg *m, int black_hole) {
   uint32_t seq = (uint32_t)time(NULL);
   size_t b = begin(m, NFNL_MSG_BATCH_BEGIN, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, seq++);
   end(m, b);
@@ -186,11 +203,11 @@ static int build_ruleset(struct msg *m) {
   accept_uplink(m, seq++);
   accept_loopback(m, seq++, 0);
   accept_loopback(m, seq++, 1);
-  count_and_reject(m, seq++, 0, IPPROTO_TCP);
-  count_and_reject(m, seq++, 1, IPPROTO_TCP);
+  count_and_reject(m, seq++, 0, IPPROTO_TCP, black_hole);
+  count_and_reject(m, seq++, 1, IPPROTO_TCP, black_hole);
   drop_uplink_leftovers(m, seq++);
-  count_and_reject(m, seq++, 0, IPPROTO_UDP);
-  count_and_reject(m, seq++, 1, IPPROTO_UDP);
+  count_and_reject(m, seq++, 0, IPPROTO_UDP, 0);
+  count_and_reject(m, seq++, 1, IPPROTO_UDP, 0);
   reject_rest(m, seq++);
   size_t e = begin(m, NFNL_MSG_BATCH_END, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES, seq++);
   end(m, e);
@@ -211,6 +228,154 @@ static int batch_errors(int fd) {
       }
     }
   }
+}
+
+/* ---- the black hole ---- */
+
+/* One rtnetlink request, answered by an ack: 0 or an errno. */
+static int rt_call(int fd, struct msg *m) {
+  if (m->overflow) return ENOBUFS;
+  if (send(fd, m->buf, m->len, 0) < 0) return errno;
+  uint32_t want = ((struct nlmsghdr *)m->buf)->nlmsg_seq;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return errno;
+    for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n))
+      if (h->nlmsg_seq == want && h->nlmsg_type == NLMSG_ERROR) return -((struct nlmsgerr *)NLMSG_DATA(h))->error;
+  }
+}
+
+/* The veth pair OFFLINE / OFFLINE_PEER, both here. */
+static int create_offline(int fd, uint32_t seq) {
+  char buf[512];
+  struct msg m = {buf, 0, sizeof buf, 0};
+  size_t h = nl_begin(&m, RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq);
+  struct ifinfomsg ifi = {.ifi_family = AF_UNSPEC};
+  put(&m, &ifi, sizeof ifi);
+  attr_str(&m, IFLA_IFNAME, OFFLINE);
+  size_t info = nest(&m, IFLA_LINKINFO);
+  attr_str(&m, IFLA_INFO_KIND, "veth");
+  size_t data = nest(&m, IFLA_INFO_DATA);
+  size_t peer = nest(&m, VETH_INFO_PEER);
+  put(&m, &ifi, sizeof ifi);
+  attr_str(&m, IFLA_IFNAME, OFFLINE_PEER);
+  nest_end(&m, peer);
+  nest_end(&m, data);
+  nest_end(&m, info);
+  end(&m, h);
+  return rt_call(fd, &m);
+}
+
+static int delete_offline(int fd, uint32_t seq) {
+  char buf[128];
+  struct msg m = {buf, 0, sizeof buf, 0};
+  size_t h = nl_begin(&m, RTM_DELLINK, NLM_F_ACK, seq);
+  struct ifinfomsg ifi = {.ifi_family = AF_UNSPEC};
+  put(&m, &ifi, sizeof ifi);
+  attr_str(&m, IFLA_IFNAME, OFFLINE);
+  end(&m, h);
+  return rt_call(fd, &m);
+}
+
+/* A per-interface sysctl, e.g. ("ipv4/neigh", "mcast_solicit", "1"); missing IPv6 is not an error. */
+static int offline_sysctl(const char *dir, const char *ifname, const char *key, const char *value) {
+  char path[128];
+  snprintf(path, sizeof path, "/proc/sys/net/%s/%s/%s", dir, ifname, key);
+  int err = write_sysctl(path, value);
+  return err == ENOENT && strncmp(dir, "ipv6", 4) == 0 ? 0 : err;
+}
+
+/*
+ * No addresses on either end (no IPv6 link-local either), and an unanswered
+ * neighbour lookup given up after one probe and the kernel's minimum wait
+ * (10 ms), instead of three probes a second apart. Routes via a down link
+ * are used as any other (ignore_routes_with_linkdown off).
+ */
+static int offline_sysctls(void) {
+  static const char *const settings[][4] = {
+      {"ipv6/conf", OFFLINE, "addr_gen_mode", "1"},     {"ipv6/conf", OFFLINE_PEER, "addr_gen_mode", "1"},
+      {"ipv4/neigh", OFFLINE, "mcast_solicit", "1"},    {"ipv4/neigh", OFFLINE, "ucast_solicit", "0"},
+      {"ipv4/neigh", OFFLINE, "app_solicit", "0"},      {"ipv4/neigh", OFFLINE, "retrans_time_ms", "1"},
+      {"ipv6/neigh", OFFLINE, "mcast_solicit", "1"},    {"ipv6/neigh", OFFLINE, "ucast_solicit", "0"},
+      {"ipv6/neigh", OFFLINE, "app_solicit", "0"},      {"ipv6/neigh", OFFLINE, "retrans_time_ms", "1"},
+      {"ipv4/conf", "all", "ignore_routes_with_linkdown", "0"},
+      {"ipv4/conf", OFFLINE, "ignore_routes_with_linkdown", "0"},
+      {"ipv6/conf", "all", "ignore_routes_with_linkdown", "0"},
+      {"ipv6/conf", OFFLINE, "ignore_routes_with_linkdown", "0"},
+  };
+  for (size_t i = 0; i < sizeof settings / sizeof settings[0]; i++) {
+    int err = offline_sysctl(settings[i][0], settings[i][1], settings[i][2], settings[i][3]);
+    if (err) return err;
+  }
+  return 0;
+}
+
+static int offline_up(void) {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return errno;
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  strncpy(ifr.ifr_name, OFFLINE, IFNAMSIZ - 1);
+  int err = ioctl(s, SIOCGIFFLAGS, &ifr) < 0 ? errno : 0;
+  ifr.ifr_flags |= IFF_UP;
+  if (!err && ioctl(s, SIOCSIFFLAGS, &ifr) < 0) err = errno;
+  close(s);
+  return err;
+}
+
+/*
+ * Default route (metric 1024: an uplink's, metric 0, wins) via a gateway that
+ * never answers: 169.254.0.1 (onlink, from 127.0.0.1) or fe80::1. One
+ * neighbour entry per family, whatever the destination.
+ */
+static int offline_route(int fd, uint32_t seq, int v6, int index) {
+  char buf[256];
+  struct msg m = {buf, 0, sizeof buf, 0};
+  size_t h = nl_begin(&m, RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq);
+  struct rtmsg rt = {.rtm_family = v6 ? AF_INET6 : AF_INET, .rtm_table = RT_TABLE_MAIN, .rtm_protocol = RTPROT_STATIC,
+                     .rtm_scope = RT_SCOPE_UNIVERSE, .rtm_type = RTN_UNICAST, .rtm_flags = v6 ? 0 : RTNH_F_ONLINK};
+  put(&m, &rt, sizeof rt);
+  if (v6) {
+    struct in6_addr gateway = {{{0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}}};
+    attr(&m, RTA_GATEWAY, &gateway, sizeof gateway);
+  } else {
+    struct in_addr gateway = {htonl(0xa9fe0001)}, source = {htonl(INADDR_LOOPBACK)};
+    attr(&m, RTA_GATEWAY, &gateway, sizeof gateway);
+    attr(&m, RTA_PREFSRC, &source, sizeof source);
+  }
+  attr_host32(&m, RTA_OIF, (uint32_t)index);
+  attr_host32(&m, RTA_PRIORITY, 1024);
+  end(&m, h);
+  int err = rt_call(fd, &m);
+  /* IPv6 may be disabled: then there is nothing to route. */
+  return v6 && (err == EAFNOSUPPORT || err == ENETUNREACH) ? 0 : err;
+}
+
+/*
+ * The black hole: a connect to an outside address leaves through OFFLINE,
+ * whose gateway never answers (its peer is down), and fails after one
+ * neighbour probe (10-20 ms) with EHOSTUNREACH, from the kernel's own
+ * "neighbour failed" ICMP error. That is what a machine with a route but no
+ * working network gives; a reject in the output hook cannot give it at once
+ * (see docs/how-it-works.md). Returns 0, or an errno with the link removed.
+ */
+static int black_hole_link(int fd, uint32_t *seq, int *index) {
+  int err = create_offline(fd, (*seq)++);
+  if (err) return err;
+  if (!(err = offline_sysctls()) && !(err = offline_up())) {
+    *index = (int)if_nametoindex(OFFLINE);
+    if (*index > 0) return 0;
+    err = errno;
+  }
+  delete_offline(fd, (*seq)++);
+  return err;
+}
+
+static int black_hole_routes(int fd, uint32_t *seq, int index) {
+  int err = offline_route(fd, (*seq)++, 0, index);
+  return err ? err : offline_route(fd, (*seq)++, 1, index);
 }
 
 static int default_routes_via_lo(void) {
@@ -243,18 +408,25 @@ static int default_routes_via_lo(void) {
 int attempts_setup(const char **why) {
   char buf[BUF_SIZE];
   struct msg m = {buf, 0, sizeof buf, 0};
+  uint32_t seq = (uint32_t)time(NULL);
+  /* Without the black hole (no veth in this kernel), outside connects are reset instead. */
+  int index = 0, rt = netlink_socket(NETLINK_ROUTE);
+  int black_hole = rt >= 0 && black_hole_link(rt, &seq, &index) == 0;
   *why = "nf_tables";
-  if (build_ruleset(&m) < 0) return ENOBUFS;
-  int fd = netlink_socket(NETLINK_NETFILTER);
-  if (fd < 0) return errno;
-  int err = send(fd, buf, m.len, 0) < 0 ? errno : batch_errors(fd);
-  close(fd);
-  if (err) return err;
-  *why = "route_localnet";
-  if ((err = write_sysctl("/proc/sys/net/ipv4/conf/lo/route_localnet", "1"))) return err;
-  if ((err = write_sysctl("/proc/sys/net/ipv4/conf/all/route_localnet", "1"))) return err;
-  *why = "default route";
-  return default_routes_via_lo();
+  int err = build_ruleset(&m, black_hole) < 0 ? ENOBUFS : 0;
+  int fd = err ? -1 : netlink_socket(NETLINK_NETFILTER);
+  if (!err && fd < 0) err = errno;
+  if (!err) err = send(fd, buf, m.len, 0) < 0 ? errno : batch_errors(fd);
+  if (fd >= 0) close(fd);
+  /* route_localnet: the reset, or the black hole's ICMP error, is addressed to 127.0.0.1 from outside. */
+  if (!err) *why = "route_localnet";
+  if (!err) err = write_sysctl("/proc/sys/net/ipv4/conf/lo/route_localnet", "1");
+  if (!err) err = write_sysctl("/proc/sys/net/ipv4/conf/all/route_localnet", "1");
+  if (!err) *why = "default route";
+  if (!err) err = black_hole ? black_hole_routes(rt, &seq, index) : default_routes_via_lo();
+  if (err && black_hole) delete_offline(rt, seq++); /* no recording: nothing but lo */
+  if (rt >= 0) close(rt);
+  return err;
 }
 
 /* ---- reading the counters back ---- */

@@ -66,7 +66,8 @@ function reason(error: ErrorLike | undefined, depth = 0): string | undefined {
   const code = typeof error.code === 'string' ? error.code : undefined
   const address = typeof error.address === 'string' ? error.address : undefined
   if (code && ALWAYS.has(code)) return `${code}${address ? ` ${address}` : typeof error.hostname === 'string' ? ` ${error.hostname}` : ''}`
-  // With attempt recording, an outside TCP connect is reset (ECONNREFUSED) and a UDP send refused (EPERM).
+  // With attempt recording, an outside TCP connect gets EHOSTUNREACH (above), or a reset (ECONNREFUSED)
+  // on a kernel without veth; a UDP send is refused (EPERM). A refused loopback connect is no hint.
   if (code === 'ECONNREFUSED' && address && !LOOPBACK.test(address)) return `${code} ${address}`
   if (code === 'EPERM' && (error.syscall === 'send' || error.syscall === 'connect')) return `${code} ${error.syscall}`
   const nested = [error.cause, ...(Array.isArray(error.errors) ? error.errors : [])]

@@ -158,10 +158,10 @@ describe('1. each netns file has a network namespace of its own', () => {
 })
 
 describe('2. only loopback: lo, up, with 127.0.0.1/8 and ::1; servers on loopback work', () => {
-  test('os.networkInterfaces() and netlink (ip link) show lo only, up, with 127.0.0.1/8 and ::1/128', async () => {
+  test('os.networkInterfaces() shows lo only, up, with 127.0.0.1/8 and ::1/128; netlink (ip link) lo and the black hole', async () => {
     const result = await network()
     expectFilePassed(result, 'interfaces.test.ts')
-    const { names, lo, links } = result.records.interfaces
+    const { names, lo, links, recording } = result.records.interfaces
     expect(names).toEqual(['lo'])
     expect(lo).toHaveLength(2)
     expect(lo).toEqual(
@@ -170,7 +170,10 @@ describe('2. only loopback: lo, up, with 127.0.0.1/8 and ::1; servers on loopbac
         { family: 'IPv6', cidr: '::1/128', internal: true },
       ]),
     )
-    expect(links).toEqual([{ ifname: 'lo', flags: expect.arrayContaining(['UP', 'LOWER_UP']) }])
+    expect(links[0]).toEqual({ ifname: 'lo', flags: expect.arrayContaining(['UP', 'LOWER_UP']) })
+    // With recording, outside routes end in `offline`, a veth whose peer (also here) stays down: no address on either.
+    expect(links.slice(1).map((l: { ifname: string }) => l.ifname).sort()).toEqual(recording === 'on' ? ['offline', 'offline-peer'] : [])
+    expect(links.find((l: { ifname: string }) => l.ifname === 'offline-peer')?.flags ?? []).not.toContain('UP')
   })
 
   test('HTTP servers on 127.0.0.1, ::1 and localhost answer fetch', async () => {
@@ -193,7 +196,7 @@ describe('3. no route elsewhere: outside addresses and names fail at once', () =
     expect(statusOf(result, 'outside.test.ts', /TCP|UDP/), failures(result)).toEqual(['passed', 'passed', 'passed'])
     const { tcp, tcp2, udp } = result.records.outside
     for (const attempt of [tcp, tcp2, udp]) {
-      // recordAttempts (default) rejects in the kernel: a TCP reset, an ICMP error for UDP; no route if it is unavailable.
+      // recordAttempts (default): EHOSTUNREACH from the black hole for TCP, EPERM for UDP; no route if it is unavailable.
       expect(['ENETUNREACH', 'ECONNREFUSED', 'EHOSTUNREACH', 'EPERM']).toContain(attempt.code)
       expect(attempt.ms).toBeLessThan(1_000)
     }

@@ -1,7 +1,9 @@
 // Outside-in: a netns file sees the network an offline copy of this host
-// would: the host's /etc/hosts (its entries and the order of localhost's
-// addresses), plus only the lines that must be there. The outer test reads
-// the host's /etc/hosts (never writes it) and compares. Both launchers.
+// would. Blocked outside connects fail with the errors of a machine whose
+// network is gone, at once, and are still counted; /etc/hosts is the host's
+// (its entries and the order of localhost's addresses), plus only the lines
+// that must be there. The outer test reads the host's /etc/hosts (never
+// writes it) and compares. Both launchers where they differ.
 import { lookup } from 'node:dns/promises'
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
@@ -49,6 +51,42 @@ function expectedHosts(host: string, name: string): string {
   if (!hasName(text, name)) text += `127.0.1.1\t${name}\n`
   return text
 }
+
+describe('errors of blocked outside connects and sends', () => {
+  test('recording on (the default): TCP EHOSTUNREACH (IPv4 and IPv6), UDP EPERM, each counted once; loopback still ECONNREFUSED', async () => {
+    const result = await runFixture('offline-errors')
+    expectFilePassed(result, 'errors.test.ts')
+    // A silent drop would show as TIMEOUT (10 s); a reset as ECONNREFUSED.
+    expect(result.records.errors, failures(result)).toEqual({
+      tcp4: 'EHOSTUNREACH',
+      tcp6: 'EHOSTUNREACH',
+      udp4: 'EPERM',
+      udp6: 'EPERM',
+      loopback: 'ECONNREFUSED',
+      recording: 'on',
+    })
+    const report = /test\/errors\.test\.ts tried to reach outside destinations \(all blocked\): (.*)/.exec(result.stdout + result.stderr)?.[1]
+    expect(report?.split(', ').sort(), failures(result)).toEqual(
+      ['198.51.100.7:80/tcp ×1', '[2001:db8::7]:443/tcp ×1', '203.0.113.7:53/udp ×1', '[2001:db8::8]:53/udp ×1'].sort(),
+    )
+  })
+
+  test.each([
+    ['recordAttempts: false', 'vitest.no-record.config.ts', 'off'],
+    ["launcher: 'shell' (never records)", 'vitest.shell.config.ts', 'unavailable: the shell launcher does not record'],
+  ])('%s: no route out, ENETUNREACH for TCP and UDP, IPv4 and IPv6', async (_name, config, recording) => {
+    const result = await runFixture('offline-errors', { args: ['--config', config] })
+    expectFilePassed(result, 'errors.test.ts')
+    expect(result.records.errors, failures(result)).toEqual({
+      tcp4: 'ENETUNREACH',
+      tcp6: 'ENETUNREACH',
+      udp4: 'ENETUNREACH',
+      udp6: 'ENETUNREACH',
+      loopback: 'ECONNREFUSED',
+      recording,
+    })
+  })
+})
 
 describe.each([
   ['native', 'vitest.config.ts'],
