@@ -10,10 +10,13 @@
 // Each variant runs once to warm up, then the two alternate for R rounds (the
 // one that goes first swaps every round), each `vitest run` timed from spawn
 // to exit. Reported: median and min–max per variant, the ratio of the medians
-// (netns / plain; the goal is <= 1.05) and the median of the per-round ratios.
+// (netns / plain; the goal is <= 1.05) and the median of the per-round ratios;
+// and the CPU time (user + system) of each run's whole process tree, which
+// other load on the machine disturbs much less than wall time.
 // Timing is only reported, never checked; the exit status is 1 only when a run
 // itself failed (a test failed, Vitest crashed, a run timed out).
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { spawnSync } from 'node:child_process'
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -36,6 +39,20 @@ const variants = [
   { name: 'netns', label: "netns (sandbox: 'all', shared ports)", config: 'vitest.config.ts' },
 ]
 
+// cutime + cstime of this process: the CPU time of every child it has reaped,
+// and of what they reaped (as in startup.mjs). Runs are serial, so the
+// difference across one run is that run's CPU time.
+const clockTick = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout?.trim()) || 100
+function childrenCpuMs() {
+  try {
+    const stat = readFileSync('/proc/self/stat', 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return ((Number(fields[13]) + Number(fields[14])) * 1000) / clockTick
+  } catch {
+    return NaN
+  }
+}
+
 // Every run started is ended if the bench is stopped.
 const running = new Set()
 for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
@@ -51,6 +68,7 @@ async function runOnce(variant) {
   const recordDir = join(workDir, `${variant.name}-records`)
   rmSync(recordDir, { recursive: true, force: true })
   mkdirSync(recordDir, { recursive: true })
+  const cpuBefore = childrenCpuMs()
   const result = await timeCommand(process.execPath, [vitestCli, 'run', '--root', root, '--config', variant.config], {
     cwd: root,
     env: { ...process.env, NETNS_RECORD_DIR: recordDir, FORCE_COLOR: '0', NO_COLOR: '1' },
@@ -62,7 +80,7 @@ async function runOnce(variant) {
     console.error(`\n  ${variant.label} failed (${result.timedOut ? 'timed out' : `exit ${result.code ?? result.signal}`}):\n${result.out.slice(-4000)}`)
     process.exitCode = 1
   }
-  return result.ms
+  return { ms: result.ms, cpu: childrenCpuMs() - cpuBefore }
 }
 
 console.log(`\n## Real suite: plain vs netns (fixtures/real-suite)\n`)
@@ -70,22 +88,30 @@ console.log(`${os.availableParallelism()} CPUs, Node ${process.version}, load av
 mkdirSync(workDir, { recursive: true })
 for (const variant of variants) await runOnce(variant)
 const times = { plain: [], netns: [] }
+const cpu = { plain: [], netns: [] }
 const ratios = []
 for (let round = 0; round < args.rounds && process.exitCode !== 1; round++) {
   const order = round % 2 === 0 ? variants : [...variants].reverse()
   const ms = {}
-  for (const variant of order) ms[variant.name] = await runOnce(variant)
-  times.plain.push(ms.plain)
-  times.netns.push(ms.netns)
+  const cpuMs = {}
+  for (const variant of order) ({ ms: ms[variant.name], cpu: cpuMs[variant.name] } = await runOnce(variant))
+  for (const name of ['plain', 'netns']) (times[name].push(ms[name]), cpu[name].push(cpuMs[name]))
   ratios.push(ms.netns / ms.plain)
-  console.log(`  round ${round + 1}: plain ${fmt(ms.plain)} ms, netns ${fmt(ms.netns)} ms (${fmt(ms.netns / ms.plain, 3)}x)`)
+  console.log(`  round ${round + 1}: plain ${fmt(ms.plain)} ms, netns ${fmt(ms.netns)} ms (${fmt(ms.netns / ms.plain, 3)}x); CPU plain ${fmt(cpuMs.plain)} ms, netns ${fmt(cpuMs.netns)} ms`)
 }
 rmSync(workDir, { recursive: true, force: true })
 
-const row = (v) => [v.label, fmt(median(times[v.name])), `${fmt(Math.min(...times[v.name]))}–${fmt(Math.max(...times[v.name]))}`]
-console.log(`\n${table(['variant', 'median ms', 'min–max ms'], variants.map(row))}\n`)
+const row = (v) => [
+  v.label,
+  fmt(median(times[v.name])),
+  `${fmt(Math.min(...times[v.name]))}–${fmt(Math.max(...times[v.name]))}`,
+  `${fmt(median(times[v.name]) / median(times.plain), 3)}x`,
+  fmt(median(cpu[v.name])),
+  `${fmt(median(cpu[v.name]) / median(cpu.plain), 3)}x`,
+]
+console.log(`\n${table(['variant', 'median wall ms', 'min–max ms', 'wall vs plain', 'median CPU ms', 'CPU vs plain'], variants.map(row))}\n`)
 const ratio = median(times.netns) / median(times.plain)
-console.log(`  netns / plain: ${fmt(ratio, 3)}x (ratio of the medians), ${fmt(median(ratios), 3)}x (median of the per-round ratios); goal <= 1.05x`)
+console.log(`  netns / plain wall time: ${fmt(ratio, 3)}x (ratio of the medians), ${fmt(median(ratios), 3)}x (median of the per-round ratios); goal <= 1.05x`)
 if (args.json) {
-  writeFileSync(args.json, JSON.stringify({ rounds: args.rounds, times, ratios, ratio, pairedRatio: median(ratios), loadavg: os.loadavg() }, null, 2))
+  writeFileSync(args.json, JSON.stringify({ rounds: args.rounds, times, cpu, ratios, ratio, pairedRatio: median(ratios), loadavg: os.loadavg() }, null, 2))
 }
