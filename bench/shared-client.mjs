@@ -2,9 +2,22 @@
 // sandbox: connects to 127.0.0.1:PORT and prints one JSON line.
 //   node bench/shared-client.mjs PORT throughput BYTES  -> {"mibPerS": n}
 //   node bench/shared-client.mjs PORT rtt COUNT          -> {"rttUs": [..]} (one 1-byte echo per sample)
+//   node bench/shared-client.mjs PORT connects COUNT     -> {"connectUs": [..]} (connect until 'connect', one after the other)
 import { connect } from 'node:net'
 
 const [port, mode, amount] = process.argv.slice(2)
+if (mode === 'connects') {
+  const samples = []
+  for (let i = 0; i < Number(amount); i++) {
+    const start = process.hrtime.bigint()
+    const socket = connect({ port: Number(port), host: '127.0.0.1' })
+    await new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject))
+    samples.push(Number(process.hrtime.bigint() - start) / 1000)
+    socket.destroy()
+  }
+  console.log(JSON.stringify({ connectUs: samples }))
+  process.exit(0)
+}
 const socket = connect({ port: Number(port), host: '127.0.0.1', noDelay: true })
 socket.on('error', (error) => {
   console.error(String(error))

@@ -2,7 +2,9 @@
 // a sandbox through a shared port (netns-launch --share-ports, what a netns
 // file with hostPorts/shareHostPort gets), against a plain process talking to
 // the same service, in one run. Throughput (a bounded transfer) and round
-// trip (1-byte echoes), alternating the two, several rounds.
+// trip (1-byte echoes), alternating the two, several rounds; and what a
+// connect() itself costs (200 sequential connects, median), the one step
+// the supervisor is in.
 //
 //   npm run bench
 //   node bench/shared-ports.mjs [--mib 256] [--pings 2000] [--rounds 5]
@@ -73,13 +75,14 @@ function runClient(sandboxed, mode, amount) {
   })
 }
 
-const results = { plain: { mib: [], rtt: [] }, sandbox: { mib: [], rtt: [] } }
+const results = { plain: { mib: [], rtt: [], connect: [] }, sandbox: { mib: [], rtt: [], connect: [] } }
 try {
   for (let round = 0; round < args.rounds; round++) {
     for (const kind of round % 2 ? ['sandbox', 'plain'] : ['plain', 'sandbox']) {
       const sandboxed = kind === 'sandbox'
       results[kind].mib.push((await runClient(sandboxed, 'throughput', args.mib * 1048576)).mibPerS)
       results[kind].rtt.push(median((await runClient(sandboxed, 'rtt', args.pings)).rttUs))
+      results[kind].connect.push(median((await runClient(sandboxed, 'connects', 200)).connectUs))
     }
   }
 } finally {
@@ -88,14 +91,15 @@ try {
 const mode = process.getuid?.() === 0 ? 'root' : 'rootless'
 const tp = (k) => median(results[k].mib)
 const rt = (k) => median(results[k].rtt)
+const ct = (k) => median(results[k].connect)
 console.log(`\nShared host port (${mode}): ${args.rounds} rounds, ${args.mib} MiB per transfer, ${args.pings} echoes per round trip sample, medians`)
 console.log(
   table(
-    ['path', 'throughput MiB/s', 'round trip µs'],
+    ['path', 'throughput MiB/s', 'round trip µs', 'connect µs'],
     [
-      ['plain process -> host 127.0.0.1', fmt(tp('plain')), fmt(rt('plain'), 1)],
-      ['sandbox, shared port -> host 127.0.0.1', fmt(tp('sandbox')), fmt(rt('sandbox'), 1)],
-      ['ratio (sandbox / plain)', fmt(tp('sandbox') / tp('plain'), 2) + 'x', fmt(rt('sandbox') / rt('plain'), 2) + 'x'],
+      ['plain process -> host 127.0.0.1', fmt(tp('plain')), fmt(rt('plain'), 1), fmt(ct('plain'), 1)],
+      ['sandbox, shared port -> host 127.0.0.1', fmt(tp('sandbox')), fmt(rt('sandbox'), 1), fmt(ct('sandbox'), 1)],
+      ['ratio (sandbox / plain)', fmt(tp('sandbox') / tp('plain'), 2) + 'x', fmt(rt('sandbox') / rt('plain'), 2) + 'x', fmt(ct('sandbox') / ct('plain'), 2) + 'x'],
     ],
   ),
 )

@@ -9,7 +9,7 @@
  * attempts socket (VITEST_NETNS_FD, made here) only. Everything else the
  * caller left open is closed first thing, before any namespace exists.
  *
- *   netns-launch [--hub PID] [--keep PATH]... [--tmp-size BYTES] [--noexec] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...
+ *   netns-launch [--hub PID] [--keep PATH]... [--tmp-size BYTES] [--noexec] [--record [--control-fd N]] [--share-ports P,...] [--probe] -- PROGRAM [ARG]...
  *   netns-launch uplink ...   (the uplink daemon, see uplink.c)
  *
  * --record counts and rejects traffic to outside addresses in the kernel
@@ -34,6 +34,12 @@
  * namespace for children differs from its own cannot create threads, and
  * Node needs threads. If Vitest dies (even SIGKILL), PR_SET_PDEATHSIG kills
  * the relay's init and with it the whole namespace.
+ *
+ * --share-ports P,... (share.c): TCP connects in the sandbox to 127.0.0.1, ::1
+ * or ::ffff:127.0.0.1 on those ports reach the host's loopback. Adds a
+ * socket factory (forked before unshare, so in the host's network namespace,
+ * the relay's child) and a seccomp filter on connect() in the program, which
+ * init then answers. Without it none of that exists.
  *
  * Errors before the program starts are printed as one line
  *   netns-launch: <step>: <errno name>: <message>

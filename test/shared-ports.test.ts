@@ -5,18 +5,27 @@
 // loopback name, from Node and from child processes, and nothing else.
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { execFileSync } from 'node:child_process'
+import { mkdirSync, rmSync } from 'node:fs'
+import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { failures, runFixture, type RunOptions } from './helpers'
+import { failures, outDir, repoRoot, runFixture, type RunOptions } from './helpers'
+import { waitUntilGone } from './leftovers'
 
 let configured: Server
 let configuredPort = 0
+// A C client that races the supervisor (test/helpers/connect-race.c), run in the sandbox by fixtures/shared-ports/test/child.test.ts.
+const raceBin = join(outDir, `connect-race-${process.pid}`)
 
 beforeAll(async () => {
+  mkdirSync(outDir, { recursive: true })
+  execFileSync('cc', ['-O2', '-Wall', '-pthread', '-o', raceBin, join(repoRoot, 'test', 'helpers', 'connect-race.c')], { stdio: 'pipe' })
   configured = createServer((request, response) => response.end(`configured ${request.socket.localAddress}`))
   await new Promise<void>((resolve) => configured.listen(0, '::1', resolve))
   configuredPort = (configured.address() as AddressInfo).port
 })
 afterAll(async () => {
+  rmSync(raceBin, { force: true })
   configured.closeAllConnections()
   await new Promise((resolve) => configured.close(resolve))
 })
@@ -25,24 +34,28 @@ function run(options: RunOptions & { include?: string } = {}) {
   return runFixture('shared-ports', {
     timeoutMs: 60_000,
     ...options,
-    env: { SHARED_CONFIG_PORT: String(configuredPort), NETNS_INCLUDE: options.include, ...options.env },
+    env: { SHARED_CONFIG_PORT: String(configuredPort), SHARED_RACE_BIN: raceBin, NETNS_INCLUDE: options.include, ...options.env },
   })
 }
 
 describe('shared host ports', () => {
   test('netns files reach the shared ports at 127.0.0.1, localhost and [::1], from Node and child processes, and nothing else', async () => {
-    const result = await run()
+    let recordDir = ''
+    const result = await run({ onSpawn: (_, info) => (recordDir = info.recordDir) })
     expect(result.code, failures(result)).toBe(0)
     expect(result.report?.numFailedTests, failures(result)).toBe(0)
-    expect(result.report?.numPassedTests, failures(result)).toBeGreaterThanOrEqual(10)
+    expect(result.report?.numPassedTests, failures(result)).toBeGreaterThanOrEqual(11)
     expect(result.stdout).toMatch(/2 of 2 test files run in their own namespaces \([^)]*shared host ports: \d+\)/)
+    // The socket factories and supervisors end with their sandboxes.
+    const left = await waitUntilGone(recordDir, 10_000)
+    expect(left.map((p) => `${p.pid} ${p.comm}`)).toEqual([])
   })
 
   test('the same with uplinks on (rootless: sandboxes made inside the hub namespace)', async () => {
     const result = await run({ env: { NETNS_UPLINK: '1' } })
     expect(result.code, failures(result)).toBe(0)
     expect(result.report?.numFailedTests, failures(result)).toBe(0)
-    expect(result.report?.numPassedTests, failures(result)).toBeGreaterThanOrEqual(10)
+    expect(result.report?.numPassedTests, failures(result)).toBeGreaterThanOrEqual(11)
   })
 
   test('a refused loopback connect on a port the host listens on says to share it', async () => {
