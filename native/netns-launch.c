@@ -29,7 +29,7 @@
  *   relay (the pid Vitest sees)  -- forwards signals, exits like the program
  *     └ init (pid 1 of the new PID namespace) -- reaps orphans; when it goes,
  *         the kernel kills everything left in the namespace
- *         └ PROGRAM (pid 2, no capabilities, no_new_privs)
+ *         └ PROGRAM (the relay's pid, see fork_program; no capabilities, no_new_privs)
  * The program cannot be the direct child of Vitest: a process whose PID
  * namespace for children differs from its own cannot create threads, and
  * Node needs threads. If Vitest dies (even SIGKILL), PR_SET_PDEATHSIG kills
@@ -48,6 +48,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -408,8 +409,39 @@ static void fresh_keyring(void) {
   if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0 && errno != ENOSYS) die("join a new session keyring");
 }
 
+/* clone3's arguments (linux/sched.h, not included: it clashes with <sched.h>). */
+struct clone3_args {
+  unsigned long long flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size,
+      cgroup;
+};
+
+/*
+ * Forks the program with `pid` as its pid in this PID namespace (clone3's
+ * set_tid; init holds CAP_SYS_ADMIN over the namespace, so this needs no
+ * privilege on the host). `pid` is the relay's pid as Vitest sees it: no other
+ * process of the host has it while the sandbox lives, so no two sandboxes'
+ * programs share a pid, and a pid named file in a shared directory is unique
+ * as in a plain run. Later pids here are allocated from 2 up as usual (an
+ * explicit pid does not move the kernel's cursor), and skip this one.
+ * Without clone3 (before Linux 5.5, or a seccomp profile answering ENOSYS as
+ * Docker's does) the program is simply pid 2.
+ */
+static pid_t fork_program(pid_t pid) {
+  step = "fork";
+  unsigned long long tid = (unsigned long long)pid;
+  struct clone3_args args;
+  memset(&args, 0, sizeof args);
+  args.exit_signal = SIGCHLD;
+  args.set_tid = (unsigned long long)(uintptr_t)&tid;
+  args.set_tid_size = 1;
+  long child = syscall(SYS_clone3, &args, sizeof args);
+  if (child >= 0) return (pid_t)child;
+  if (errno != ENOSYS) die("clone3 with the relay's pid (set_tid)");
+  return fork();
+}
+
 /* pid 1 of the new PID namespace. Never returns. */
-static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive, int worker_ctl) {
+static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive, int worker_ctl, pid_t program_pid) {
   prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   /* The relay may have been killed before PDEATHSIG was armed. */
   struct pollfd pfd = {relay_alive, POLLIN, 0};
@@ -420,7 +452,7 @@ static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive, int
   mount_proc();
 
   install_forwarding();
-  pid_t child = fork();
+  pid_t child = fork_program(program_pid);
   if (child < 0) die("fork");
   if (child == 0) {
     close(status_fd);
@@ -626,6 +658,7 @@ int main(int argc, char **argv) {
 
   int status_pipe[2], alive_pipe[2];
   step = "fork";
+  pid_t relay = getpid(); /* the pid Vitest sees: the program's pid too (fork_program) */
   if (pipe2(status_pipe, O_CLOEXEC) < 0 || pipe2(alive_pipe, O_CLOEXEC) < 0) die("pipe");
   pid_t init = fork();
   if (init < 0) die("fork");
@@ -640,7 +673,7 @@ int main(int argc, char **argv) {
       _exit(0);
     }
     if (ctl[0] >= 0) close(ctl[0]);
-    run_init(argv + i, uid, status_pipe[1], alive_pipe[0], ctl[1]);
+    run_init(argv + i, uid, status_pipe[1], alive_pipe[0], ctl[1], relay);
   }
   close(status_pipe[1]);
   close(alive_pipe[0]);
