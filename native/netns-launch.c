@@ -9,7 +9,7 @@
  * attempts socket (VITEST_NETNS_FD, made here) only. Everything else the
  * caller left open is closed first thing, before any namespace exists.
  *
- *   netns-launch [--hub PID] [--keep PATH]... [--tmp-size BYTES] [--noexec] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...
+ *   netns-launch [--hub PID] [--keep PATH]... [--share[-ro] PATH]... [--tmp-size BYTES] [--noexec] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...
  *   netns-launch uplink ...   (the uplink daemon, see uplink.c)
  *
  * --record counts and rejects traffic to outside addresses in the kernel
@@ -58,6 +58,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -89,6 +90,10 @@
 static const char *step = "start";
 static const char *keep_paths[MAX_KEEP];
 static int keep_count;
+/* --share / --share-ro: host paths under /tmp every sandbox sees at the same path. */
+static const char *share_paths[MAX_KEEP];
+static int share_readonly[MAX_KEEP];
+static int share_count;
 
 static const char *errno_name(int e) {
   switch (e) {
@@ -106,6 +111,7 @@ static const char *errno_name(int e) {
   case EROFS: return "EROFS";
   case EDQUOT: return "EDQUOT";
   case EBADF: return "EBADF";
+  case ENAMETOOLONG: return "ENAMETOOLONG";
   default: return "E?";
   }
 }
@@ -237,6 +243,49 @@ static void keep_paths_from(int old_tmp) {
   }
 }
 
+/* Remount flags a user namespace may not clear on a bind of the host's mount (the kernel locks them). */
+static unsigned long locked_flags(const char *path) {
+  struct statvfs sv;
+  if (statvfs(path, &sv) < 0) die(path);
+  unsigned long flags = 0;
+  if (sv.f_flag & ST_NOSUID) flags |= MS_NOSUID;
+  if (sv.f_flag & ST_NODEV) flags |= MS_NODEV;
+  if (sv.f_flag & ST_NOEXEC) flags |= MS_NOEXEC;
+  if (sv.f_flag & ST_NOATIME) flags |= MS_NOATIME;
+  if (sv.f_flag & ST_NODIRATIME) flags |= MS_NODIRATIME;
+  if (sv.f_flag & ST_RELATIME) flags |= MS_RELATIME;
+  return flags;
+}
+
+/*
+ * Host paths shared on purpose (shareHostPath, hostPaths): bound from the old
+ * /tmp like the kept paths, at the same path, and remounted read-only when
+ * asked. Unlike a kept path, a share that is gone is an error: the user named it.
+ */
+static void share_paths_from(int old_tmp) {
+  char src[4200], target[4200];
+  step = "share";
+  for (int i = 0; i < share_count; i++) {
+    const char *rel = share_paths[i] + 5; /* after "/tmp/" */
+    struct stat st;
+    snprintf(src, sizeof src, "/proc/self/fd/%d/%s", old_tmp, rel);
+    if (stat(src, &st) < 0) die(share_paths[i]);
+    snprintf(target, sizeof target, "/tmp/%s", rel);
+    make_parents(target);
+    if (S_ISDIR(st.st_mode)) {
+      if (mkdir(target, 0755) < 0 && errno != EEXIST) die(target);
+    } else {
+      int fd = open(target, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+      if (fd < 0) die(target);
+      close(fd);
+    }
+    if (mount(src, target, NULL, MS_BIND | MS_REC, NULL) < 0) die(share_paths[i]);
+    if (share_readonly[i] &&
+        mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags(target), NULL) < 0)
+      die(share_paths[i]);
+  }
+}
+
 static void private_tmp(const char *size, int noexec) {
   char opts[128];
   step = "tmp";
@@ -246,6 +295,7 @@ static void private_tmp(const char *size, int noexec) {
   if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | (noexec ? MS_NOEXEC : 0), opts) < 0)
     die("tmpfs on /tmp");
   keep_paths_from(old_tmp);
+  share_paths_from(old_tmp);
   close(old_tmp);
 }
 
@@ -556,7 +606,7 @@ static int run_relay(pid_t init, int status_fd, int alive_fd, int ctl, int contr
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: netns-launch [--hub PID] [--keep /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...\n"
+  fprintf(stderr, "usage: netns-launch [--hub PID] [--keep /tmp/PATH]... [--share[-ro] /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...\n"
                   "       netns-launch uplink (--root | --hub) --pool A.B.C.D/N [--state-dir DIR]\n");
   _exit(2);
 }
@@ -594,6 +644,15 @@ int main(int argc, char **argv) {
       const char *p = argv[++i];
       if (strncmp(p, "/tmp/", 5) != 0 || strstr(p, "/../") || keep_count == MAX_KEEP) usage();
       keep_paths[keep_count++] = p;
+    } else if ((strcmp(argv[i], "--share") == 0 || strcmp(argv[i], "--share-ro") == 0) && i + 1 < argc) {
+      const char *p = argv[i + 1];
+      size_t len = strlen(p);
+      if (strncmp(p, "/tmp/", 5) != 0 || len == 5 || strstr(p, "/../") || strstr(p, "/./") || strchr(p, '\n') ||
+          (len >= 3 && strcmp(p + len - 3, "/..") == 0) || share_count == MAX_KEEP)
+        usage();
+      share_readonly[share_count] = argv[i][7] == '-';
+      share_paths[share_count++] = p;
+      i++;
     } else if (strcmp(argv[i], "--tmp-size") == 0 && i + 1 < argc) {
       tmp_size = argv[++i];
     } else if (strcmp(argv[i], "--noexec") == 0) {

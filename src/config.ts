@@ -1,5 +1,6 @@
 // Plugin options: their types, defaults and validation. Bad input fails when
 // the config is loaded, before any test runs, with a message naming the fix.
+import { hostPathProblem, type HostPath } from './host-paths.js'
 import { parseCidr } from './ipv4.js'
 
 export interface UplinkPluginOptions {
@@ -53,6 +54,12 @@ export interface NetnsOptions {
    * them off (rootless runs then start no hub namespace), or options.
    */
   uplink?: boolean | UplinkPluginOptions
+  /**
+   * Host paths (typically under the host's /tmp) that appear at the same path
+   * in every netns file, read-write unless `readOnly`. Paths a global setup
+   * makes: `shareHostPath()` from 'vitest-environment-netns/host'. Default `[]`.
+   */
+  hostPaths?: Array<string | { path: string; readOnly?: boolean }>
 }
 
 export interface ResolvedNetnsOptions {
@@ -65,6 +72,7 @@ export interface ResolvedNetnsOptions {
   keepTmp: 'never' | 'on-failure' | 'always'
   keepTmpDir: string | undefined
   uplink: ResolvedUplinkOptions | false
+  hostPaths: HostPath[]
 }
 
 export class NetnsConfigError extends Error {
@@ -74,7 +82,7 @@ export class NetnsConfigError extends Error {
   }
 }
 
-const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher', 'recordAttempts', 'strict', 'keepTmp', 'keepTmpDir', 'uplink'] as const
+const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher', 'recordAttempts', 'strict', 'keepTmp', 'keepTmpDir', 'uplink', 'hostPaths'] as const
 export const DEFAULT_UPLINK_POOL = '10.200.0.0/16'
 
 function oneOf<T extends string>(key: string, value: unknown, allowed: readonly T[], fallback: T): T {
@@ -114,6 +122,28 @@ function resolveUplink(value: unknown): ResolvedUplinkOptions | false {
   return { pool: pool as string, egressVia: oneOf('uplink.egressVia', record.egressVia, ['auto', 'pasta', 'slirp4netns', 'none'], 'auto') }
 }
 
+function resolveHostPaths(value: unknown): HostPath[] {
+  if (value === undefined) return []
+  if (!Array.isArray(value)) {
+    throw new NetnsConfigError(`option 'hostPaths' must be an array of paths or { path, readOnly } objects; got ${JSON.stringify(value)}.`)
+  }
+  return value.map((entry: unknown, index) => {
+    const record = typeof entry === 'object' && entry !== null ? (entry as Record<string, unknown>) : undefined
+    const path = record ? record.path : entry
+    if (record) {
+      for (const key of Object.keys(record)) {
+        if (key !== 'path' && key !== 'readOnly') throw new NetnsConfigError(`unknown key 'hostPaths[${index}].${key}'. Known: path, readOnly.`)
+      }
+      if (record.readOnly !== undefined && typeof record.readOnly !== 'boolean') {
+        throw new NetnsConfigError(`option 'hostPaths[${index}].readOnly' must be true or false; got ${JSON.stringify(record.readOnly)}.`)
+      }
+    }
+    const problem = hostPathProblem(path)
+    if (problem) throw new NetnsConfigError(`option 'hostPaths[${index}]' (${JSON.stringify(path)}) cannot be shared: ${problem}.`)
+    return { path: path as string, readOnly: record?.readOnly === true }
+  })
+}
+
 export function resolveOptions(options: unknown): ResolvedNetnsOptions {
   if (options === undefined || options === null) options = {}
   if (typeof options !== 'object' || Array.isArray(options)) {
@@ -148,5 +178,6 @@ export function resolveOptions(options: unknown): ResolvedNetnsOptions {
     keepTmp: oneOf('keepTmp', record.keepTmp, ['never', 'on-failure', 'always'], 'never'),
     keepTmpDir: record.keepTmpDir as string | undefined,
     uplink: resolveUplink(record.uplink),
+    hostPaths: resolveHostPaths(record.hostPaths),
   }
 }

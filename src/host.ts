@@ -1,8 +1,12 @@
 // For code in the Vitest process (a global setup, say) that builds things the
 // uplinks connect to, such as a fake upstream network: where the outer ends of
 // the uplinks live, and how to run a command there with the right to change it.
-//   import { uplinkHost } from 'vitest-environment-netns/host'
+// Also: host paths (a global setup's fixture directory under /tmp) that every
+// sandbox sees at the same path.
+//   import { uplinkHost, shareHostPath } from 'vitest-environment-netns/host'
 import { registeredUplinkHost, type UplinkMode } from './uplink-host.js'
+
+export { shareHostPath } from './host-paths.js'
 
 export interface UplinkHost {
   /** `root`: the outer ends are in the host's network namespace. `rootless`: in the run's hub namespace. */

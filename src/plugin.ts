@@ -68,7 +68,7 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
       if (launch.kind === 'shell' && options.recordAttempts) workerEnv.VITEST_NETNS_RECORDING = 'unavailable: the shell launcher does not record'
       const recording = launch.kind === 'shell' ? 'not recorded (shell launcher)' : result.recording === 'on' ? 'recorded' : options.recordAttempts ? `not recorded (${result.recording})` : 'not recorded'
       return {
-        plan: { launch, keep, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink },
+        plan: { launch, keep, hostPaths: options.hostPaths, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink },
         summary: `${mode} mode, ${launch.kind} launcher, outside attempts ${recording}, uplinks: ${uplink ? uplinkMechanism(mode, options) : 'off'}`,
       }
     }

@@ -1,9 +1,11 @@
 // Outside-in: what a netns file does the way it would in a plain run (issue
 // "parity with a plain run"). Each check runs a real Vitest on a fixture
 // project and looks at what its tests recorded and whether they passed.
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, describe, expect, test } from 'vitest'
+import { resolveOptions } from '../src/config'
+import { shareHostPath } from '../src/host-paths'
 import { failures, outDir, runFixture } from './helpers'
 
 /** Directories this file creates; removed at the end. */
@@ -28,5 +30,49 @@ describe('unique pids', () => {
     const pids = [result.records.a.pid, result.records.b.pid]
     expect(new Set(pids).size, `pids ${pids.join(', ')}`).toBe(2)
     expect(readdirSync(locks).sort()).toEqual(pids.map((pid) => `lock.${pid}`).sort())
+  })
+})
+
+describe('shared host paths', () => {
+  test.each(['native', 'shell'])("%s launcher: a global setup's mkdtemp fixture dirs: shared ones read (and written unless read-only), an unshared one missing with the hint", async (launcher) => {
+    const base = mkdtempSync('/tmp/netns-parity-')
+    created.push(base)
+    const configured = mkdtempSync(join(base, 'configured-'))
+    writeFileSync(join(configured, 'config.txt'), 'configured')
+    // TMPDIR: the global setup's tmpdir() is under the host's /tmp, in a directory this test removes.
+    const result = await runFixture('parity-paths', { env: { TMPDIR: base, PARITY_CONFIG_PATH: configured, PARITY_LAUNCHER: launcher } })
+    const statuses = Object.fromEntries(result.report?.testResults.flatMap((f) => f.assertionResults.map((a) => [a.title, a.status])) ?? [])
+    expect(statuses, failures(result)).toEqual({
+      'a shared fixture directory is read and written at the same path': 'passed',
+      'a read-only share is read, and writes get EROFS': 'passed',
+      'an unshared fixture directory is not there (fails, with the hint)': 'failed',
+    })
+    const shared = readdirSync(base).find((name) => name.startsWith('fixture-shared-'))!
+    expect(readFileSync(join(base, shared, 'written-inside.txt'), 'utf8')).toBe('from the sandbox')
+    const unshared = result.report!.testResults[0]!.assertionResults.find((a) => a.status === 'failed')!.failureMessages.join('\n')
+    expect(unshared).toMatch(/ENOENT/)
+    expect(unshared).toContain("this path is in the host's /tmp, not in this sandbox's private /tmp; share it with shareHostPath")
+  })
+
+  test.each<[string, unknown]>([
+    ['a relative path', 'fixtures'],
+    ['a path that does not exist', '/tmp/netns-parity-does-not-exist'],
+    ['/tmp itself', '/tmp'],
+    ['/', '/'],
+    ["a path with '..'", '/tmp/../etc'],
+    ['a path with a newline', '/tmp/a\nb'],
+  ])('hostPaths with %s fails when the config loads; shareHostPath throws at once', async (_what, path) => {
+    expect(() => shareHostPath(path as string)).toThrow(/^vitest-environment-netns: shareHostPath\(.*\): cannot share this path: /)
+    let expected = ''
+    try {
+      resolveOptions({ hostPaths: [path] })
+    } catch (error) {
+      expected = (error as Error).message
+    }
+    expect(expected).toMatch(/^vitest-environment-netns: option 'hostPaths\[0\]' .* cannot be shared: /)
+    const result = await runFixture('options', { env: { NETNS_OPTIONS: JSON.stringify({ hostPaths: [path] }) } })
+    expect(result.code).not.toBe(0)
+    expect(result.report?.numTotalTests ?? 0).toBe(0)
+    expect(result.stdout + result.stderr).toContain(expected)
   })
 })
