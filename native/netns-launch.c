@@ -1,7 +1,8 @@
 /*
  * netns-launch: start one program inside fresh user, network, mount, PID, UTS
  * and IPC namespaces, with loopback up, a private /tmp, a read-only /proc/sys
- * and a session keyring of its own, in a single process chain and without
+ * (and /sys, as root) and a session keyring of its own, in a single process
+ * chain and without
  * spawning helper programs (each exec costs 10+ ms on small VMs).
  *
  * Descriptors: the program starts with stdio, Vitest's IPC channel
@@ -9,7 +10,7 @@
  * attempts socket (VITEST_NETNS_FD, made here) only. Everything else the
  * caller left open is closed first thing, before any namespace exists.
  *
- *   netns-launch [--hub PID] [--keep PATH]... [--share[-ro] PATH]... [--tmp-size BYTES] [--noexec] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...
+ *   netns-launch [--hub PID] [--keep PATH]... [--share[-ro] PATH]... [--tmp-size BYTES] [--noexec] [--file-caps] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...
  *   netns-launch uplink ...   (the uplink daemon, see uplink.c)
  *
  * --record counts and rejects traffic to outside addresses in the kernel
@@ -17,6 +18,10 @@
  * is in VITEST_NETNS_FD ("attempts\n" -> lines, then "end\n"), and so can
  * the caller over --control-fd N, a socket it passed in (the program does
  * not inherit that one).
+ *
+ * --file-caps (root only; ignored otherwise): map every uid and gid to itself
+ * and keep root's five file capabilities in the sandbox's user namespace
+ * (drop_privileges). As root /sys is read-only either way, as /proc/sys is.
  *
  * --hub PID makes the new user namespace a child of PID's user namespace
  * (an uplink hub, uplink.c, owned by the same user) instead of the caller's:
@@ -86,6 +91,9 @@
 #define PR_CAP_AMBIENT 47
 #define PR_CAP_AMBIENT_CLEAR_ALL 4
 #endif
+#ifndef PR_CAP_AMBIENT_RAISE
+#define PR_CAP_AMBIENT_RAISE 2
+#endif
 
 static const char *step = "start";
 static const char *keep_paths[MAX_KEEP];
@@ -129,6 +137,47 @@ static void write_file(const char *path, const char *text) {
   size_t len = strlen(text);
   if (write(fd, text, len) != (ssize_t)len) die(path);
   close(fd);
+}
+
+/*
+ * Root, --file-caps: every uid and gid maps to itself, so files of other users
+ * keep their owners and chown to any id works; setgroups stays allowed. Only a
+ * process with CAP_SETUID in the parent user namespace may write such a map,
+ * which the caller no longer is once it unshared: a child forked before
+ * unshare() writes it, when told to, into the caller's maps. Returns the pipe
+ * that tells it; map_whole_range() finishes.
+ */
+static pid_t whole_range_mapper;
+static int start_mapper(void) {
+  int go[2];
+  step = "uid_map";
+  if (pipe2(go, O_CLOEXEC) < 0) die("pipe");
+  pid_t parent = getpid();
+  whole_range_mapper = fork();
+  if (whole_range_mapper < 0) die("fork");
+  if (whole_range_mapper == 0) {
+    char c, path[64];
+    close(go[1]);
+    if (read(go[0], &c, 1) != 1) _exit(SETUP_FAILED); /* the caller gave up */
+    snprintf(path, sizeof path, "/proc/%d/uid_map", (int)parent);
+    write_file(path, "0 0 4294967295\n");
+    step = "gid_map";
+    snprintf(path, sizeof path, "/proc/%d/gid_map", (int)parent);
+    write_file(path, "0 0 4294967295\n");
+    _exit(0);
+  }
+  close(go[0]);
+  return go[1];
+}
+
+static void map_whole_range(int go) {
+  int status;
+  step = "uid_map";
+  if (write(go, "x", 1) != 1) die("pipe");
+  close(go);
+  while (waitpid(whole_range_mapper, &status, 0) < 0)
+    if (errno != EINTR) die("waitpid");
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) _exit(SETUP_FAILED); /* it said why */
 }
 
 /* inner ids are the user's own; outer ones are theirs as seen from the parent namespace. */
@@ -299,27 +348,80 @@ static void private_tmp(const char *size, int noexec) {
   close(old_tmp);
 }
 
-static void setup_mounts(const char *tmp_size, int noexec) {
+#ifndef MOUNT_ATTR_RDONLY
+#define MOUNT_ATTR_RDONLY 0x00000001
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+struct mount_attr_args {
+  unsigned long long attr_set, attr_clr, propagation, userns_fd;
+};
+
+/*
+ * /sys bound over itself read-only, submounts included (mount_setattr,
+ * Linux 5.12; before it, the top mount only). For root: uid 0 owns the host's
+ * sysfs knobs (/sys/kernel/mm/…), so even without capabilities it could write
+ * them, and with its file capabilities every one.
+ */
+static void readonly_sys(void) {
+  step = "sys";
+  struct stat st;
+  if (stat("/sys", &st) < 0) return; /* no sysfs: nothing to protect */
+  if (mount("/sys", "/sys", NULL, MS_BIND | MS_REC, NULL) < 0) die("bind /sys");
+  struct mount_attr_args attr = {MOUNT_ATTR_RDONLY, 0, 0, 0};
+  if (syscall(SYS_mount_setattr, AT_FDCWD, "/sys", AT_RECURSIVE, &attr, sizeof attr) == 0) return;
+  if (errno != ENOSYS) die("make /sys read-only");
+  if (mount(NULL, "/sys", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags("/sys"), NULL) < 0)
+    die("remount /sys read-only");
+}
+
+static void setup_mounts(const char *tmp_size, int noexec, int sys_readonly) {
   step = "mount";
   /* Nothing we mount may propagate back to the host. */
   if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) die("make / a slave mount");
   private_etc();
   private_tmp(tmp_size, noexec);
+  if (sys_readonly) readonly_sys();
 }
 
-/* Everything the program runs with: no capabilities now or after exec. */
-static void drop_privileges(uid_t uid) {
+/* What root keeps with --file-caps: its powers over files, nothing over the network, mounts or the kernel. */
+static const int file_caps_kept[] = {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID};
+#define FILE_CAPS_COUNT (sizeof file_caps_kept / sizeof file_caps_kept[0])
+
+static int kept_cap(int cap, int file_caps) {
+  for (size_t i = 0; file_caps && i < FILE_CAPS_COUNT; i++)
+    if (file_caps_kept[i] == cap) return 1;
+  return 0;
+}
+
+/*
+ * Everything the program runs with: no capabilities now or after exec; or,
+ * with `file_caps` (root, --file-caps), exactly the five file capabilities,
+ * permitted, effective, inheritable and ambient (so that programs the test
+ * execs, `cp -a` or `tar`, keep them), with the bounding set reduced to them.
+ * The noroot securebits stay: uid 0's exec gains nothing beyond the ambient set.
+ */
+static void drop_privileges(uid_t uid, int file_caps) {
   step = "capabilities";
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("no_new_privs");
   if (uid == 0 && prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED, 0, 0, 0) < 0)
     die("securebits");
   for (int cap = 0; cap <= 63; cap++)
-    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) die("bounding set");
+    if (!kept_cap(cap, file_caps) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) die("bounding set");
   prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
   struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
   struct __user_cap_data_struct data[2];
   memset(data, 0, sizeof data);
+  for (size_t i = 0; file_caps && i < FILE_CAPS_COUNT; i++) {
+    unsigned bit = 1u << (file_caps_kept[i] % 32);
+    data[file_caps_kept[i] / 32].permitted |= bit;
+    data[file_caps_kept[i] / 32].effective |= bit;
+    data[file_caps_kept[i] / 32].inheritable |= bit;
+  }
   if (syscall(SYS_capset, &hdr, data) < 0) die("capset");
+  for (size_t i = 0; file_caps && i < FILE_CAPS_COUNT; i++)
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, file_caps_kept[i], 0, 0) < 0) die("ambient capabilities");
 }
 
 /* Closes descriptors lo..hi (hi may be ~0U: all the rest). */
@@ -446,6 +548,15 @@ static void mount_proc(void) {
   if (mount("/proc/sys", "/proc/sys", NULL, MS_BIND, NULL) < 0) die("bind /proc/sys");
   if (mount(NULL, "/proc/sys", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
     die("remount /proc/sys read-only");
+  /* As bubblewrap does: root-owned knobs outside /proc/sys (IRQ affinity, sysrq) read-only too. */
+  static const char *const knobs[] = {"/proc/irq", "/proc/bus", "/proc/sysrq-trigger"};
+  for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++) {
+    struct stat st;
+    if (stat(knobs[i], &st) < 0) continue;
+    if (mount(knobs[i], knobs[i], NULL, MS_BIND | MS_REC, NULL) < 0) die(knobs[i]);
+    if (mount(NULL, knobs[i], NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+      die(knobs[i]);
+  }
   step = was;
 }
 
@@ -491,7 +602,7 @@ static pid_t fork_program(pid_t pid) {
 }
 
 /* pid 1 of the new PID namespace. Never returns. */
-static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive, int worker_ctl, pid_t program_pid) {
+static void run_init(char **argv, uid_t uid, int file_caps, int status_fd, int relay_alive, int worker_ctl, pid_t program_pid) {
   prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   /* The relay may have been killed before PDEATHSIG was armed. */
   struct pollfd pfd = {relay_alive, POLLIN, 0};
@@ -513,7 +624,7 @@ static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive, int
       fcntl(worker_ctl, F_SETFD, 0); /* survives exec */
       setenv("VITEST_NETNS_FD", fd, 1);
     }
-    drop_privileges(uid);
+    drop_privileges(uid, file_caps);
     execvp(argv[0], argv);
     step = "exec";
     die(argv[0]);
@@ -606,7 +717,7 @@ static int run_relay(pid_t init, int status_fd, int alive_fd, int ctl, int contr
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: netns-launch [--hub PID] [--keep /tmp/PATH]... [--share[-ro] /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...\n"
+  fprintf(stderr, "usage: netns-launch [--hub PID] [--keep /tmp/PATH]... [--share[-ro] /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--file-caps] [--record [--control-fd N]] [--probe] -- PROGRAM [ARG]...\n"
                   "       netns-launch uplink (--root | --hub) --pool A.B.C.D/N [--state-dir DIR]\n");
   _exit(2);
 }
@@ -634,7 +745,7 @@ static int is_pid(const char *s) {
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "uplink") == 0) return uplink_main(argc - 1, argv + 1);
   const char *tmp_size = NULL, *hub = NULL;
-  int noexec = 0, probe = 0, record = 0, control = -1, i;
+  int noexec = 0, probe = 0, record = 0, control = -1, file_caps = 0, i;
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--") == 0) { i++; break; }
     if (strcmp(argv[i], "--hub") == 0 && i + 1 < argc) {
@@ -655,6 +766,8 @@ int main(int argc, char **argv) {
       i++;
     } else if (strcmp(argv[i], "--tmp-size") == 0 && i + 1 < argc) {
       tmp_size = argv[++i];
+    } else if (strcmp(argv[i], "--file-caps") == 0) {
+      file_caps = 1;
     } else if (strcmp(argv[i], "--noexec") == 0) {
       noexec = 1;
     } else if (strcmp(argv[i], "--control-fd") == 0 && i + 1 < argc) {
@@ -695,10 +808,15 @@ int main(int argc, char **argv) {
     outer_gid = 0;
   }
 
+  /* Root's file powers only for root itself: an ordinary user has one id to map and no capability to keep. */
+  if (uid != 0 || hub) file_caps = 0;
+  int mapper = file_caps ? start_mapper() : -1;
+
   step = "unshare";
   if (unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC) < 0)
     die("user, net, mount, pid, uts and ipc namespaces");
-  map_ids(uid, gid, outer_uid, outer_gid);
+  if (file_caps) map_whole_range(mapper);
+  else map_ids(uid, gid, outer_uid, outer_gid);
   fresh_keyring();
   loopback_up();
   /* Without recording, no route leaves the namespace: connect() fails with ENETUNREACH. */
@@ -713,7 +831,7 @@ int main(int argc, char **argv) {
     if (!err && !probe && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) < 0) die("socketpair");
     if (probe) printf("recording %s\n", state);
   }
-  setup_mounts(tmp_size, noexec);
+  setup_mounts(tmp_size, noexec, uid == 0);
 
   int status_pipe[2], alive_pipe[2];
   step = "fork";
@@ -728,11 +846,11 @@ int main(int argc, char **argv) {
     if (probe) {
       /* Mount /proc and drop privileges as a real start would, then report. */
       mount_proc();
-      drop_privileges(uid);
+      drop_privileges(uid, file_caps);
       _exit(0);
     }
     if (ctl[0] >= 0) close(ctl[0]);
-    run_init(argv + i, uid, status_pipe[1], alive_pipe[0], ctl[1], relay);
+    run_init(argv + i, uid, file_caps, status_pipe[1], alive_pipe[0], ctl[1], relay);
   }
   close(status_pipe[1]);
   close(alive_pipe[0]);

@@ -60,6 +60,13 @@ export interface NetnsOptions {
    * makes: `shareHostPath()` from 'vitest-environment-netns/host'. Default `[]`.
    */
   hostPaths?: Array<string | { path: string; readOnly?: boolean }>
+  /**
+   * When Vitest runs as root: `'file'` maps every uid and gid to itself and
+   * keeps root's file capabilities (DAC_OVERRIDE, DAC_READ_SEARCH, CHOWN,
+   * FOWNER, FSETID) in the sandbox, as in a plain run; `'none'` keeps uid 0
+   * with no capability at all. No effect for other users. Default `'file'`.
+   */
+  rootCapabilities?: 'file' | 'none'
 }
 
 export interface ResolvedNetnsOptions {
@@ -73,6 +80,7 @@ export interface ResolvedNetnsOptions {
   keepTmpDir: string | undefined
   uplink: ResolvedUplinkOptions | false
   hostPaths: HostPath[]
+  rootCapabilities: 'file' | 'none'
 }
 
 export class NetnsConfigError extends Error {
@@ -82,7 +90,7 @@ export class NetnsConfigError extends Error {
   }
 }
 
-const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher', 'recordAttempts', 'strict', 'keepTmp', 'keepTmpDir', 'uplink', 'hostPaths'] as const
+const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher', 'recordAttempts', 'strict', 'keepTmp', 'keepTmpDir', 'uplink', 'hostPaths', 'rootCapabilities'] as const
 export const DEFAULT_UPLINK_POOL = '10.200.0.0/16'
 
 function oneOf<T extends string>(key: string, value: unknown, allowed: readonly T[], fallback: T): T {
@@ -179,5 +187,6 @@ export function resolveOptions(options: unknown): ResolvedNetnsOptions {
     keepTmpDir: record.keepTmpDir as string | undefined,
     uplink: resolveUplink(record.uplink),
     hostPaths: resolveHostPaths(record.hostPaths),
+    rootCapabilities: oneOf('rootCapabilities', record.rootCapabilities, ['file', 'none'], 'file'),
   }
 }

@@ -71,8 +71,10 @@ export function nodePrefix(execPath = process.execPath): string {
 // mount(8) insists on uid 0, so the outer user namespace maps us to root and a
 // nested one maps back to the real uid just before the program starts.
 // Differences: about ten process starts instead of one (hundreds of ms on
-// small VMs), no attempt recording, the program is pid 1 of its namespace,
-// and a fresh session keyring only with keyutils' keyctl (NETNS_KEYCTL).
+// small VMs), no attempt recording, the program is pid 1 of its namespace
+// (every worker has the same pid), root keeps no capabilities whatever
+// rootCapabilities says (unshare maps the whole id range only through
+// newuidmap), and a fresh session keyring only with keyutils' keyctl (NETNS_KEYCTL).
 const SHELL_SETUP = String.raw`set -e
 # Descriptors: stdio, Vitest's IPC channel and the uplink channel; nothing else Vitest inherited.
 keep=' 0 1 2 '
@@ -118,6 +120,16 @@ done <<< "$NETNS_SHARES"
 exec 9<&-
 unset NETNS_SHARES
 if [ "$NETNS_UID" = 0 ]; then
+  # uid 0 owns the host's kernel knobs outside /proc/sys: /sys (with its submounts), IRQ affinity, sysrq.
+  mount --rbind /sys /sys
+  while read -r _ _ _ _ point _; do
+    case $point in /sys|/sys/*) mount -o remount,bind,ro "$point" ;; esac
+  done < /proc/self/mountinfo
+  for knob in /proc/irq /proc/bus /proc/sysrq-trigger; do
+    if [ -e "$knob" ]; then mount --bind "$knob" "$knob"; mount -o remount,bind,ro "$knob"; fi
+  done
+fi
+if [ "$NETNS_UID" = 0 ]; then
   exec setpriv --no-new-privs --inh-caps=-all --ambient-caps=-all --bounding-set=-all --securebits=+noroot,+noroot_locked -- "$@"
 fi
 exec unshare --user --map-user="$NETNS_UID" --map-group="$NETNS_GID" -- setpriv --no-new-privs -- "$@"
@@ -149,6 +161,8 @@ export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): Lau
     for (const path of keep) prefix.push('--keep', path)
     if (options.tmpSize) prefix.push('--tmp-size', options.tmpSize)
     if (options.tmpNoexec) prefix.push('--noexec')
+    // Root's file powers in the sandbox (the launcher ignores it for other users).
+    if (options.rootCapabilities === 'file' && process.getuid?.() === 0) prefix.push('--file-caps')
     if (options.recordAttempts) prefix.push('--record', '--control-fd', String(CONTROL_FD))
     prefix.push('--')
     return { kind: 'native', file: nativeLauncherPath, prefix, controlFd: options.recordAttempts ? CONTROL_FD : undefined }

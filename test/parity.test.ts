@@ -1,7 +1,7 @@
 // Outside-in: what a netns file does the way it would in a plain run (issue
 // "parity with a plain run"). Each check runs a real Vitest on a fixture
 // project and looks at what its tests recorded and whether they passed.
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, describe, expect, test } from 'vitest'
 import { resolveOptions } from '../src/config'
@@ -74,5 +74,49 @@ describe('shared host paths', () => {
     expect(result.code).not.toBe(0)
     expect(result.report?.numTotalTests ?? 0).toBe(0)
     expect(result.stdout + result.stderr).toContain(expected)
+  })
+})
+
+describe('root keeps its file powers (rootCapabilities)', () => {
+  const isRoot = process.getuid!() === 0
+  const OTHER = 1003
+
+  /** As root: a directory and a file owned by uid 1003, and a mode-000 file of root. Unprivileged: root's /usr, and a mode-000 file of our own. */
+  function prepare(): Record<string, string> {
+    const dir = scratch('root-parity-')
+    const mode000 = join(dir, 'mode-000')
+    writeFileSync(mode000, 'secret')
+    chmodSync(mode000, 0o000)
+    if (!isRoot) return { OTHER_DIR: '/usr', OTHER_FILE: '/etc/passwd', OTHER_UID: String(OTHER), MODE000_FILE: mode000 }
+    const other = join(dir, 'other')
+    mkdirSync(other, { mode: 0o755 })
+    writeFileSync(join(other, 'owned'), 'theirs', { mode: 0o600 })
+    chownSync(join(other, 'owned'), OTHER, OTHER)
+    chownSync(other, OTHER, OTHER)
+    return { OTHER_DIR: other, OTHER_FILE: join(other, 'owned'), OTHER_UID: String(OTHER), MODE000_FILE: mode000 }
+  }
+
+  test.each([
+    ['default', undefined],
+    ["'file'", 'file'],
+    ["'none'", 'none'],
+  ])('rootCapabilities %s', async (_name, rootCaps) => {
+    const env = prepare()
+    const result = await runFixture('parity-root', { env: { ...env, ROOT_CAPS: rootCaps } })
+    expect(result.code, failures(result)).toBe(0)
+    const facts = result.records.files
+    if (isRoot && rootCaps !== 'none') {
+      // As in a plain run as root.
+      expect(facts).toEqual({ write: 'ok', chown: 'ok', read000: 'secret', cp: { owner: OTHER } })
+      expect(statSync(join(env.OTHER_DIR!, 'written-by-test')).uid).toBe(0)
+    } else if (isRoot) {
+      // Today's behaviour kept: uid 0 alone is mapped, no capabilities.
+      expect(facts).toMatchObject({ write: 'EACCES', chown: 'EINVAL', read000: 'EACCES' })
+      expect(facts.cp).toMatchObject({ status: 1 })
+    } else {
+      // Rootless: one uid mapped, no capabilities, whatever the option says.
+      expect(facts).toMatchObject({ write: 'EACCES', chown: 'EINVAL', read000: 'EACCES' })
+      expect(facts.cp).toEqual({ owner: process.getuid!() })
+    }
   })
 })
