@@ -120,6 +120,7 @@ static const char *errno_name(int e) {
   case EDQUOT: return "EDQUOT";
   case EBADF: return "EBADF";
   case ENAMETOOLONG: return "ENAMETOOLONG";
+  case E2BIG: return "E2BIG";
   default: return "E?";
   }
 }
@@ -137,6 +138,33 @@ static void write_file(const char *path, const char *text) {
   size_t len = strlen(text);
   if (write(fd, text, len) != (ssize_t)len) die(path);
   close(fd);
+}
+
+/*
+ * The identity map of every id our own user namespace has: for each line
+ * "inner outer count" of `own` (/proc/self/uid_map before unshare), "inner
+ * inner count". On a host that is "0 0 4294967295"; in a container whose root
+ * maps 65536 ids, those 65536.
+ */
+static void write_identity_map(const char *own, const char *target) {
+  static char in[8192], out[8192];
+  int fd = open(own, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) die(own);
+  ssize_t n = read(fd, in, sizeof in - 1);
+  if (n < 0) die(own);
+  close(fd);
+  in[n] = '\0';
+  size_t len = 0;
+  for (char *line = strtok(in, "\n"); line; line = strtok(NULL, "\n")) {
+    unsigned long inner, outer, count;
+    if (sscanf(line, "%lu %lu %lu", &inner, &outer, &count) != 3) continue;
+    len += (size_t)snprintf(out + len, sizeof out - len, "%lu %lu %lu\n", inner, inner, count);
+    if (len >= sizeof out) {
+      errno = E2BIG;
+      die(own);
+    }
+  }
+  write_file(target, out);
 }
 
 /*
@@ -160,10 +188,10 @@ static int start_mapper(void) {
     close(go[1]);
     if (read(go[0], &c, 1) != 1) _exit(SETUP_FAILED); /* the caller gave up */
     snprintf(path, sizeof path, "/proc/%d/uid_map", (int)parent);
-    write_file(path, "0 0 4294967295\n");
+    write_identity_map("/proc/self/uid_map", path);
     step = "gid_map";
     snprintf(path, sizeof path, "/proc/%d/gid_map", (int)parent);
-    write_file(path, "0 0 4294967295\n");
+    write_identity_map("/proc/self/gid_map", path);
     _exit(0);
   }
   close(go[0]);
