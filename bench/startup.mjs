@@ -238,6 +238,9 @@ async function benchRaw(args, deadline) {
       const bare = planLauncher(resolveOptions({ launcher: 'native', recordAttempts: false }), [])
       if (bare.prefix.join(' ') !== plan.prefix.join(' ')) plans.push(['native launcher, no --record', bare])
     } catch {}
+    // As root, the default keeps root's file capabilities (--file-caps); 'none' is the other choice, and what older builds run.
+    const none = planLauncher(resolveOptions({ launcher: 'native', rootCapabilities: 'none' }), [])
+    if (none.prefix.join(' ') !== plan.prefix.join(' ')) plans.push(["native launcher, rootCapabilities 'none'", none])
   } else console.log(`  (no native launcher at ${nativeLauncherPath}: skipped)`)
   const other = args['compare-launcher']
   if (other) {

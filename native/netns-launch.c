@@ -1,7 +1,8 @@
 /*
  * netns-launch: start one program inside fresh user, network, mount, PID, UTS
  * and IPC namespaces, with loopback up, a private /tmp, a read-only /proc/sys
- * and a session keyring of its own, in a single process chain and without
+ * (and /sys, as root) and a session keyring of its own, in a single process
+ * chain and without
  * spawning helper programs (each exec costs 10+ ms on small VMs).
  *
  * Descriptors: the program starts with stdio, Vitest's IPC channel
@@ -9,7 +10,7 @@
  * attempts socket (VITEST_NETNS_FD, made here) only. Everything else the
  * caller left open is closed first thing, before any namespace exists.
  *
- *   netns-launch [--hub PID] [--keep PATH]... [--tmp-size BYTES] [--noexec] [--record [--control-fd N]] [--share-ports P,...] [--probe] -- PROGRAM [ARG]...
+ *   netns-launch [--hub PID] [--keep PATH]... [--share[-ro] PATH]... [--tmp-size BYTES] [--noexec] [--file-caps] [--record [--control-fd N]] [--share-ports P,...] [--probe] -- PROGRAM [ARG]...
  *   netns-launch uplink ...   (the uplink daemon, see uplink.c)
  *
  * --record counts and rejects traffic to outside addresses in the kernel
@@ -17,6 +18,10 @@
  * is in VITEST_NETNS_FD ("attempts\n" -> lines, then "end\n"), and so can
  * the caller over --control-fd N, a socket it passed in (the program does
  * not inherit that one).
+ *
+ * --file-caps (root only; ignored otherwise): map every uid and gid to itself
+ * and keep root's five file capabilities in the sandbox's user namespace
+ * (drop_privileges). As root /sys is read-only either way, as /proc/sys is.
  *
  * --hub PID makes the new user namespace a child of PID's user namespace
  * (an uplink hub, uplink.c, owned by the same user) instead of the caller's:
@@ -29,7 +34,7 @@
  *   relay (the pid Vitest sees)  -- forwards signals, exits like the program
  *     └ init (pid 1 of the new PID namespace) -- reaps orphans; when it goes,
  *         the kernel kills everything left in the namespace
- *         └ PROGRAM (pid 2, no capabilities, no_new_privs)
+ *         └ PROGRAM (the relay's pid, see fork_program; no capabilities, no_new_privs)
  * The program cannot be the direct child of Vitest: a process whose PID
  * namespace for children differs from its own cannot create threads, and
  * Node needs threads. If Vitest dies (even SIGKILL), PR_SET_PDEATHSIG kills
@@ -54,6 +59,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +69,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -91,6 +98,9 @@
 #define PR_CAP_AMBIENT 47
 #define PR_CAP_AMBIENT_CLEAR_ALL 4
 #endif
+#ifndef PR_CAP_AMBIENT_RAISE
+#define PR_CAP_AMBIENT_RAISE 2
+#endif
 
 static const char *step = "start";
 /* --share-ports: TCP ports of the host's loopback the sandbox reaches (share.c). */
@@ -98,6 +108,10 @@ static unsigned short share_ports[SHARE_MAX_PORTS];
 static int share_count;
 static const char *keep_paths[MAX_KEEP];
 static int keep_count;
+/* --share / --share-ro: host paths under /tmp every sandbox sees at the same path. */
+static const char *share_paths[MAX_KEEP];
+static int share_readonly[MAX_KEEP];
+static int share_path_count;
 
 static const char *errno_name(int e) {
   switch (e) {
@@ -115,6 +129,8 @@ static const char *errno_name(int e) {
   case EROFS: return "EROFS";
   case EDQUOT: return "EDQUOT";
   case EBADF: return "EBADF";
+  case ENAMETOOLONG: return "ENAMETOOLONG";
+  case E2BIG: return "E2BIG";
   default: return "E?";
   }
 }
@@ -132,6 +148,74 @@ static void write_file(const char *path, const char *text) {
   size_t len = strlen(text);
   if (write(fd, text, len) != (ssize_t)len) die(path);
   close(fd);
+}
+
+/*
+ * The identity map of every id our own user namespace has: for each line
+ * "inner outer count" of `own` (/proc/self/uid_map before unshare), "inner
+ * inner count". On a host that is "0 0 4294967295"; in a container whose root
+ * maps 65536 ids, those 65536.
+ */
+static void write_identity_map(const char *own, const char *target) {
+  static char in[8192], out[8192];
+  int fd = open(own, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) die(own);
+  ssize_t n = read(fd, in, sizeof in - 1);
+  if (n < 0) die(own);
+  close(fd);
+  in[n] = '\0';
+  size_t len = 0;
+  for (char *line = strtok(in, "\n"); line; line = strtok(NULL, "\n")) {
+    unsigned long inner, outer, count;
+    if (sscanf(line, "%lu %lu %lu", &inner, &outer, &count) != 3) continue;
+    len += (size_t)snprintf(out + len, sizeof out - len, "%lu %lu %lu\n", inner, inner, count);
+    if (len >= sizeof out) {
+      errno = E2BIG;
+      die(own);
+    }
+  }
+  write_file(target, out);
+}
+
+/*
+ * Root, --file-caps: every uid and gid maps to itself, so files of other users
+ * keep their owners and chown to any id works; setgroups stays allowed. Only a
+ * process with CAP_SETUID in the parent user namespace may write such a map,
+ * which the caller no longer is once it unshared: a child forked before
+ * unshare() writes it, when told to, into the caller's maps. Returns the pipe
+ * that tells it; map_whole_range() finishes.
+ */
+static pid_t whole_range_mapper;
+static int start_mapper(void) {
+  int go[2];
+  step = "uid_map";
+  if (pipe2(go, O_CLOEXEC) < 0) die("pipe");
+  pid_t parent = getpid();
+  whole_range_mapper = fork();
+  if (whole_range_mapper < 0) die("fork");
+  if (whole_range_mapper == 0) {
+    char c, path[64];
+    close(go[1]);
+    if (read(go[0], &c, 1) != 1) _exit(SETUP_FAILED); /* the caller gave up */
+    snprintf(path, sizeof path, "/proc/%d/uid_map", (int)parent);
+    write_identity_map("/proc/self/uid_map", path);
+    step = "gid_map";
+    snprintf(path, sizeof path, "/proc/%d/gid_map", (int)parent);
+    write_identity_map("/proc/self/gid_map", path);
+    _exit(0);
+  }
+  close(go[0]);
+  return go[1];
+}
+
+static void map_whole_range(int go) {
+  int status;
+  step = "uid_map";
+  if (write(go, "x", 1) != 1) die("pipe");
+  close(go);
+  while (waitpid(whole_range_mapper, &status, 0) < 0)
+    if (errno != EINTR) die("waitpid");
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) _exit(SETUP_FAILED); /* it said why */
 }
 
 /* inner ids are the user's own; outer ones are theirs as seen from the parent namespace. */
@@ -309,6 +393,49 @@ static void keep_paths_from(int old_tmp) {
   }
 }
 
+/* Remount flags a user namespace may not clear on a bind of the host's mount (the kernel locks them). */
+static unsigned long locked_flags(const char *path) {
+  struct statvfs sv;
+  if (statvfs(path, &sv) < 0) die(path);
+  unsigned long flags = 0;
+  if (sv.f_flag & ST_NOSUID) flags |= MS_NOSUID;
+  if (sv.f_flag & ST_NODEV) flags |= MS_NODEV;
+  if (sv.f_flag & ST_NOEXEC) flags |= MS_NOEXEC;
+  if (sv.f_flag & ST_NOATIME) flags |= MS_NOATIME;
+  if (sv.f_flag & ST_NODIRATIME) flags |= MS_NODIRATIME;
+  if (sv.f_flag & ST_RELATIME) flags |= MS_RELATIME;
+  return flags;
+}
+
+/*
+ * Host paths shared on purpose (shareHostPath, hostPaths): bound from the old
+ * /tmp like the kept paths, at the same path, and remounted read-only when
+ * asked. Unlike a kept path, a share that is gone is an error: the user named it.
+ */
+static void share_paths_from(int old_tmp) {
+  char src[4200], target[4200];
+  step = "share";
+  for (int i = 0; i < share_path_count; i++) {
+    const char *rel = share_paths[i] + 5; /* after "/tmp/" */
+    struct stat st;
+    snprintf(src, sizeof src, "/proc/self/fd/%d/%s", old_tmp, rel);
+    if (stat(src, &st) < 0) die(share_paths[i]);
+    snprintf(target, sizeof target, "/tmp/%s", rel);
+    make_parents(target);
+    if (S_ISDIR(st.st_mode)) {
+      if (mkdir(target, 0755) < 0 && errno != EEXIST) die(target);
+    } else {
+      int fd = open(target, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+      if (fd < 0) die(target);
+      close(fd);
+    }
+    if (mount(src, target, NULL, MS_BIND | MS_REC, NULL) < 0) die(share_paths[i]);
+    if (share_readonly[i] &&
+        mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags(target), NULL) < 0)
+      die(share_paths[i]);
+  }
+}
+
 static void private_tmp(const char *size, int noexec) {
   char opts[128];
   step = "tmp";
@@ -318,30 +445,84 @@ static void private_tmp(const char *size, int noexec) {
   if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | (noexec ? MS_NOEXEC : 0), opts) < 0)
     die("tmpfs on /tmp");
   keep_paths_from(old_tmp);
+  share_paths_from(old_tmp);
   close(old_tmp);
 }
 
-static void setup_mounts(const char *tmp_size, int noexec) {
+#ifndef MOUNT_ATTR_RDONLY
+#define MOUNT_ATTR_RDONLY 0x00000001
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+struct mount_attr_args {
+  unsigned long long attr_set, attr_clr, propagation, userns_fd;
+};
+
+/*
+ * /sys bound over itself read-only, submounts included (mount_setattr,
+ * Linux 5.12; before it, the top mount only). For root: uid 0 owns the host's
+ * sysfs knobs (/sys/kernel/mm/…), so even without capabilities it could write
+ * them, and with its file capabilities every one.
+ */
+static void readonly_sys(void) {
+  step = "sys";
+  struct stat st;
+  if (stat("/sys", &st) < 0) return; /* no sysfs: nothing to protect */
+  if (mount("/sys", "/sys", NULL, MS_BIND | MS_REC, NULL) < 0) die("bind /sys");
+  struct mount_attr_args attr = {MOUNT_ATTR_RDONLY, 0, 0, 0};
+  if (syscall(SYS_mount_setattr, AT_FDCWD, "/sys", AT_RECURSIVE, &attr, sizeof attr) == 0) return;
+  if (errno != ENOSYS) die("make /sys read-only");
+  if (mount(NULL, "/sys", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags("/sys"), NULL) < 0)
+    die("remount /sys read-only");
+}
+
+static void setup_mounts(const char *tmp_size, int noexec, int sys_readonly) {
   step = "mount";
   /* Nothing we mount may propagate back to the host. */
   if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) die("make / a slave mount");
   private_etc();
   private_tmp(tmp_size, noexec);
+  if (sys_readonly) readonly_sys();
 }
 
-/* Everything the program runs with: no capabilities now or after exec. */
-static void drop_privileges(uid_t uid) {
+/* What root keeps with --file-caps: its powers over files, nothing over the network, mounts or the kernel. */
+static const int file_caps_kept[] = {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID};
+#define FILE_CAPS_COUNT (sizeof file_caps_kept / sizeof file_caps_kept[0])
+
+static int kept_cap(int cap, int file_caps) {
+  for (size_t i = 0; file_caps && i < FILE_CAPS_COUNT; i++)
+    if (file_caps_kept[i] == cap) return 1;
+  return 0;
+}
+
+/*
+ * Everything the program runs with: no capabilities now or after exec; or,
+ * with `file_caps` (root, --file-caps), exactly the five file capabilities,
+ * permitted, effective, inheritable and ambient (so that programs the test
+ * execs, `cp -a` or `tar`, keep them), with the bounding set reduced to them.
+ * The noroot securebits stay: uid 0's exec gains nothing beyond the ambient set.
+ */
+static void drop_privileges(uid_t uid, int file_caps) {
   step = "capabilities";
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("no_new_privs");
   if (uid == 0 && prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED, 0, 0, 0) < 0)
     die("securebits");
   for (int cap = 0; cap <= 63; cap++)
-    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) die("bounding set");
+    if (!kept_cap(cap, file_caps) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) die("bounding set");
   prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
   struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
   struct __user_cap_data_struct data[2];
   memset(data, 0, sizeof data);
+  for (size_t i = 0; file_caps && i < FILE_CAPS_COUNT; i++) {
+    unsigned bit = 1u << (file_caps_kept[i] % 32);
+    data[file_caps_kept[i] / 32].permitted |= bit;
+    data[file_caps_kept[i] / 32].effective |= bit;
+    data[file_caps_kept[i] / 32].inheritable |= bit;
+  }
   if (syscall(SYS_capset, &hdr, data) < 0) die("capset");
+  for (size_t i = 0; file_caps && i < FILE_CAPS_COUNT; i++)
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, file_caps_kept[i], 0, 0) < 0) die("ambient capabilities");
 }
 
 /* Closes descriptors lo..hi (hi may be ~0U: all the rest). */
@@ -468,6 +649,15 @@ static void mount_proc(void) {
   if (mount("/proc/sys", "/proc/sys", NULL, MS_BIND, NULL) < 0) die("bind /proc/sys");
   if (mount(NULL, "/proc/sys", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
     die("remount /proc/sys read-only");
+  /* As bubblewrap does: root-owned knobs outside /proc/sys (IRQ affinity, sysrq) read-only too. */
+  static const char *const knobs[] = {"/proc/irq", "/proc/bus", "/proc/sysrq-trigger"};
+  for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++) {
+    struct stat st;
+    if (stat(knobs[i], &st) < 0) continue;
+    if (mount(knobs[i], knobs[i], NULL, MS_BIND | MS_REC, NULL) < 0) die(knobs[i]);
+    if (mount(NULL, knobs[i], NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+      die(knobs[i]);
+  }
   step = was;
 }
 
@@ -481,8 +671,39 @@ static void fresh_keyring(void) {
   if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0 && errno != ENOSYS) die("join a new session keyring");
 }
 
+/* clone3's arguments (linux/sched.h, not included: it clashes with <sched.h>). */
+struct clone3_args {
+  unsigned long long flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size,
+      cgroup;
+};
+
+/*
+ * Forks the program with `pid` as its pid in this PID namespace (clone3's
+ * set_tid; init holds CAP_SYS_ADMIN over the namespace, so this needs no
+ * privilege on the host). `pid` is the relay's pid as Vitest sees it: no other
+ * process of the host has it while the sandbox lives, so no two sandboxes'
+ * programs share a pid, and a pid named file in a shared directory is unique
+ * as in a plain run. Later pids here are allocated from 2 up as usual (an
+ * explicit pid does not move the kernel's cursor), and skip this one.
+ * Without clone3 (before Linux 5.5, or a seccomp profile answering ENOSYS as
+ * Docker's does) the program is simply pid 2.
+ */
+static pid_t fork_program(pid_t pid) {
+  step = "fork";
+  unsigned long long tid = (unsigned long long)pid;
+  struct clone3_args args;
+  memset(&args, 0, sizeof args);
+  args.exit_signal = SIGCHLD;
+  args.set_tid = (unsigned long long)(uintptr_t)&tid;
+  args.set_tid_size = 1;
+  long child = syscall(SYS_clone3, &args, sizeof args);
+  if (child >= 0) return (pid_t)child;
+  if (errno != ENOSYS) die("clone3 with the relay's pid (set_tid)");
+  return fork();
+}
+
 /* pid 1 of the new PID namespace. Never returns. `factory`: shared ports' socket factory, or -1. */
-static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive, int worker_ctl, int factory) {
+static void run_init(char **argv, uid_t uid, int file_caps, int status_fd, int relay_alive, int worker_ctl, pid_t program_pid, int factory) {
   prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   /* The relay may have been killed before PDEATHSIG was armed. */
   struct pollfd pfd = {relay_alive, POLLIN, 0};
@@ -497,8 +718,7 @@ static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive, int
   int share_pair[2] = {-1, -1};
   step = "share";
   if (factory >= 0 && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, share_pair) < 0) die("socketpair");
-  step = "fork";
-  pid_t child = fork();
+  pid_t child = fork_program(program_pid);
   if (child < 0) die("fork");
   if (child == 0) {
     close(status_fd);
@@ -513,7 +733,7 @@ static void run_init(char **argv, uid_t uid, int status_fd, int relay_alive, int
       fcntl(worker_ctl, F_SETFD, 0); /* survives exec */
       setenv("VITEST_NETNS_FD", fd, 1);
     }
-    drop_privileges(uid);
+    drop_privileges(uid, file_caps);
     /* After no_new_privs (seccomp needs it unprivileged), before exec: the whole tree is filtered. */
     if (factory >= 0) share_install_filter(share_pair[1]);
     execvp(argv[0], argv);
@@ -620,7 +840,7 @@ static int run_relay(pid_t init, int status_fd, int alive_fd, int ctl, int contr
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: netns-launch [--hub PID] [--keep /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--record [--control-fd N]] [--share-ports P,...] [--probe] -- PROGRAM [ARG]...\n"
+  fprintf(stderr, "usage: netns-launch [--hub PID] [--keep /tmp/PATH]... [--share[-ro] /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--file-caps] [--record [--control-fd N]] [--share-ports P,...] [--probe] -- PROGRAM [ARG]...\n"
                   "       netns-launch uplink (--root | --hub) --pool A.B.C.D/N [--state-dir DIR]\n");
   _exit(2);
 }
@@ -648,7 +868,7 @@ static int is_pid(const char *s) {
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "uplink") == 0) return uplink_main(argc - 1, argv + 1);
   const char *tmp_size = NULL, *hub = NULL;
-  int noexec = 0, probe = 0, record = 0, control = -1, i;
+  int noexec = 0, probe = 0, record = 0, control = -1, file_caps = 0, i;
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--") == 0) { i++; break; }
     if (strcmp(argv[i], "--hub") == 0 && i + 1 < argc) {
@@ -658,8 +878,19 @@ int main(int argc, char **argv) {
       const char *p = argv[++i];
       if (strncmp(p, "/tmp/", 5) != 0 || strstr(p, "/../") || keep_count == MAX_KEEP) usage();
       keep_paths[keep_count++] = p;
+    } else if ((strcmp(argv[i], "--share") == 0 || strcmp(argv[i], "--share-ro") == 0) && i + 1 < argc) {
+      const char *p = argv[i + 1];
+      size_t len = strlen(p);
+      if (strncmp(p, "/tmp/", 5) != 0 || len == 5 || strstr(p, "/../") || strstr(p, "/./") || strchr(p, '\n') ||
+          (len >= 3 && strcmp(p + len - 3, "/..") == 0) || share_path_count == MAX_KEEP)
+        usage();
+      share_readonly[share_path_count] = argv[i][7] == '-';
+      share_paths[share_path_count++] = p;
+      i++;
     } else if (strcmp(argv[i], "--tmp-size") == 0 && i + 1 < argc) {
       tmp_size = argv[++i];
+    } else if (strcmp(argv[i], "--file-caps") == 0) {
+      file_caps = 1;
     } else if (strcmp(argv[i], "--noexec") == 0) {
       noexec = 1;
     } else if (strcmp(argv[i], "--control-fd") == 0 && i + 1 < argc) {
@@ -703,6 +934,10 @@ int main(int argc, char **argv) {
     outer_gid = 0;
   }
 
+  /* Root's file powers only for root itself: an ordinary user has one id to map and no capability to keep. */
+  if (uid != 0 || hub) file_caps = 0;
+  int mapper = file_caps ? start_mapper() : -1;
+
   /* Made before the network namespace: its sockets are the host's. */
   int factory = -1;
   if (share_count > 0) {
@@ -713,7 +948,8 @@ int main(int argc, char **argv) {
   step = "unshare";
   if (unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC) < 0)
     die("user, net, mount, pid, uts and ipc namespaces");
-  map_ids(uid, gid, outer_uid, outer_gid);
+  if (file_caps) map_whole_range(mapper);
+  else map_ids(uid, gid, outer_uid, outer_gid);
   fresh_keyring();
   loopback_up();
   /* Without recording, no route leaves the namespace: connect() fails with ENETUNREACH. */
@@ -728,10 +964,11 @@ int main(int argc, char **argv) {
     if (!err && !probe && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) < 0) die("socketpair");
     if (probe) printf("recording %s\n", state);
   }
-  setup_mounts(tmp_size, noexec);
+  setup_mounts(tmp_size, noexec, uid == 0);
 
   int status_pipe[2], alive_pipe[2];
   step = "fork";
+  pid_t relay = getpid(); /* the pid Vitest sees: the program's pid too (fork_program) */
   if (pipe2(status_pipe, O_CLOEXEC) < 0 || pipe2(alive_pipe, O_CLOEXEC) < 0) die("pipe");
   pid_t init = fork();
   if (init < 0) die("fork");
@@ -742,7 +979,7 @@ int main(int argc, char **argv) {
     if (probe) {
       /* Mount /proc and drop privileges as a real start would, then report. */
       mount_proc();
-      drop_privileges(uid);
+      drop_privileges(uid, file_caps);
       const char *why = "";
       int err = share_check_kernel(&why);
       if (err) dprintf(1, "sharing unavailable: this kernel lacks %s: %s\n", why, strerror(err));
@@ -750,7 +987,7 @@ int main(int argc, char **argv) {
       _exit(0);
     }
     if (ctl[0] >= 0) close(ctl[0]);
-    run_init(argv + i, uid, status_pipe[1], alive_pipe[0], ctl[1], factory);
+    run_init(argv + i, uid, file_caps, status_pipe[1], alive_pipe[0], ctl[1], relay, factory);
   }
   if (factory >= 0) close(factory); /* init's alone */
   close(status_pipe[1]);

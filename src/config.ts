@@ -1,5 +1,6 @@
 // Plugin options: their types, defaults and validation. Bad input fails when
 // the config is loaded, before any test runs, with a message naming the fix.
+import { hostPathProblem, type HostPath } from './host-paths.js'
 import { parseCidr } from './ipv4.js'
 
 export interface UplinkPluginOptions {
@@ -68,6 +69,19 @@ export interface NetnsOptions {
    * shareHostPort() (vitest-environment-netns/host) in a global setup. Default `[]`.
    */
   hostPorts?: number[]
+  /**
+   * Host paths (typically under the host's /tmp) that appear at the same path
+   * in every netns file, read-write unless `readOnly`. Paths a global setup
+   * makes: `shareHostPath()` from 'vitest-environment-netns/host'. Default `[]`.
+   */
+  hostPaths?: Array<string | { path: string; readOnly?: boolean }>
+  /**
+   * When Vitest runs as root: `'file'` maps every uid and gid to itself and
+   * keeps root's file capabilities (DAC_OVERRIDE, DAC_READ_SEARCH, CHOWN,
+   * FOWNER, FSETID) in the sandbox, as in a plain run; `'none'` keeps uid 0
+   * with no capability at all. No effect for other users. Default `'file'`.
+   */
+  rootCapabilities?: 'file' | 'none'
 }
 
 export interface ResolvedNetnsOptions {
@@ -82,6 +96,8 @@ export interface ResolvedNetnsOptions {
   uplink: ResolvedUplinkOptions | false
   sandbox: 'netns' | 'all'
   hostPorts: number[]
+  hostPaths: HostPath[]
+  rootCapabilities: 'file' | 'none'
 }
 
 export class NetnsConfigError extends Error {
@@ -91,7 +107,7 @@ export class NetnsConfigError extends Error {
   }
 }
 
-const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher', 'recordAttempts', 'strict', 'keepTmp', 'keepTmpDir', 'uplink', 'sandbox', 'hostPorts'] as const
+const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher', 'recordAttempts', 'strict', 'keepTmp', 'keepTmpDir', 'uplink', 'sandbox', 'hostPorts', 'hostPaths', 'rootCapabilities'] as const
 export const DEFAULT_UPLINK_POOL = '10.200.0.0/16'
 
 function oneOf<T extends string>(key: string, value: unknown, allowed: readonly T[], fallback: T): T {
@@ -151,6 +167,28 @@ function resolveHostPorts(value: unknown): number[] {
   return [...seen]
 }
 
+function resolveHostPaths(value: unknown): HostPath[] {
+  if (value === undefined) return []
+  if (!Array.isArray(value)) {
+    throw new NetnsConfigError(`option 'hostPaths' must be an array of paths or { path, readOnly } objects; got ${JSON.stringify(value)}.`)
+  }
+  return value.map((entry: unknown, index) => {
+    const record = typeof entry === 'object' && entry !== null ? (entry as Record<string, unknown>) : undefined
+    const path = record ? record.path : entry
+    if (record) {
+      for (const key of Object.keys(record)) {
+        if (key !== 'path' && key !== 'readOnly') throw new NetnsConfigError(`unknown key 'hostPaths[${index}].${key}'. Known: path, readOnly.`)
+      }
+      if (record.readOnly !== undefined && typeof record.readOnly !== 'boolean') {
+        throw new NetnsConfigError(`option 'hostPaths[${index}].readOnly' must be true or false; got ${JSON.stringify(record.readOnly)}.`)
+      }
+    }
+    const problem = hostPathProblem(path)
+    if (problem) throw new NetnsConfigError(`option 'hostPaths[${index}]' (${JSON.stringify(path)}) cannot be shared: ${problem}.`)
+    return { path: path as string, readOnly: record?.readOnly === true }
+  })
+}
+
 export function resolveOptions(options: unknown): ResolvedNetnsOptions {
   if (options === undefined || options === null) options = {}
   if (typeof options !== 'object' || Array.isArray(options)) {
@@ -187,5 +225,7 @@ export function resolveOptions(options: unknown): ResolvedNetnsOptions {
     uplink: resolveUplink(record.uplink),
     sandbox: oneOf('sandbox', record.sandbox, ['netns', 'all'], 'netns'),
     hostPorts: resolveHostPorts(record.hostPorts),
+    hostPaths: resolveHostPaths(record.hostPaths),
+    rootCapabilities: oneOf('rootCapabilities', record.rootCapabilities, ['file', 'none'], 'file'),
   }
 }

@@ -88,7 +88,7 @@ export function explainProbeFailure(result: ProbeResult): Explanation {
       fix: "reinstall the package ('npm rebuild vitest-environment-netns') so the native launcher is built, or install util-linux and iproute2.",
     }
   }
-  if (container && (result.step === 'mount' || result.step === 'tmp' || result.step === 'etc' || result.step === 'proc_sys')) {
+  if (container && (result.step === 'mount' || result.step === 'tmp' || result.step === 'etc' || result.step === 'proc_sys' || result.step === 'sys')) {
     return {
       cause: `mounting inside the namespace is refused (${result.output}); ${container} restricts mounts in nested namespaces.`,
       fix: "run the container with '--security-opt apparmor=unconfined --security-opt seccomp=unconfined',.",

@@ -75,7 +75,7 @@ const STEPS: Array<{ feature: string; steps: string[] }> = [
   { feature: 'user, net, mount, pid namespaces', steps: ['start', 'descriptors', 'unshare'] },
   { feature: 'uid/gid maps', steps: ['setgroups', 'uid_map', 'gid_map'] },
   { feature: 'loopback up', steps: ['loopback'] },
-  { feature: 'mounts (private /tmp, /etc files)', steps: ['mount', 'etc', 'tmp', 'keep', 'proc_sys'] },
+  { feature: 'mounts (private /tmp, /etc files)', steps: ['mount', 'etc', 'tmp', 'keep', 'share', 'sys', 'proc_sys'] },
   { feature: 'process chain, dropping privileges', steps: ['keyring', 'fork', 'capabilities', 'exec'] },
 ]
 

@@ -1,10 +1,12 @@
 // For code in the Vitest process (a global setup, say) that builds things the
 // uplinks connect to, such as a fake upstream network: where the outer ends of
 // the uplinks live, and how to run a command there with the right to change it.
-//   import { uplinkHost } from 'vitest-environment-netns/host'
-//   import { shareHostPort } from 'vitest-environment-netns/host'
+//   import { uplinkHost, shareHostPort, shareHostPath } from 'vitest-environment-netns/host'
+// shareHostPort: a TCP port of the host's loopback every sandbox reaches at the same address.
+// shareHostPath: a host path (a global setup's fixture directory under /tmp) every sandbox sees at the same path.
 import { registeredUplinkHost, type UplinkMode } from './uplink-host.js'
 
+export { shareHostPath } from './host-paths.js'
 export { shareHostPort } from './shared-ports.js'
 
 export interface UplinkHost {

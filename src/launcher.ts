@@ -7,6 +7,7 @@ import { accessSync, constants, realpathSync } from 'node:fs'
 import { dirname, join, resolve, sep } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { ResolvedNetnsOptions } from './config.js'
+import type { HostPath } from './host-paths.js'
 
 export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 export const nativeLauncherPath = join(packageRoot, 'build', 'netns-launch')
@@ -70,8 +71,10 @@ export function nodePrefix(execPath = process.execPath): string {
 // mount(8) insists on uid 0, so the outer user namespace maps us to root and a
 // nested one maps back to the real uid just before the program starts.
 // Differences: about ten process starts instead of one (hundreds of ms on
-// small VMs), no attempt recording, the program is pid 1 of its namespace,
-// and a fresh session keyring only with keyutils' keyctl (NETNS_KEYCTL).
+// small VMs), no attempt recording, the program is pid 1 of its namespace
+// (every worker has the same pid), root keeps no capabilities whatever
+// rootCapabilities says (unshare maps the whole id range only through
+// newuidmap), and a fresh session keyring only with keyutils' keyctl (NETNS_KEYCTL).
 const SHELL_SETUP = String.raw`set -e
 # Descriptors: stdio, Vitest's IPC channel and the uplink channel; nothing else Vitest inherited.
 keep=' 0 1 2 '
@@ -128,7 +131,24 @@ for rel in $NETNS_KEEP; do
   mkdir -p "/tmp/$rel"
   mount --no-canonicalize --rbind "/proc/self/fd/9/$rel" "/tmp/$rel"
 done
+while IFS=' ' read -r mode rel; do
+  [ -n "$rel" ] || continue
+  if [ -d "/proc/self/fd/9/$rel" ]; then mkdir -p "/tmp/$rel"; else case $rel in */*) mkdir -p "/tmp/${'$'}{rel%/*}" ;; esac; : > "/tmp/$rel"; fi
+  mount --no-canonicalize --rbind "/proc/self/fd/9/$rel" "/tmp/$rel"
+  if [ "$mode" = ro ]; then mount -o remount,bind,ro "/tmp/$rel"; fi
+done <<< "$NETNS_SHARES"
 exec 9<&-
+unset NETNS_SHARES
+if [ "$NETNS_UID" = 0 ]; then
+  # uid 0 owns the host's kernel knobs outside /proc/sys: /sys (with its submounts), IRQ affinity, sysrq.
+  mount --rbind /sys /sys
+  while read -r _ _ _ _ point _; do
+    case $point in /sys|/sys/*) mount -o remount,bind,ro "$point" ;; esac
+  done < /proc/self/mountinfo
+  for knob in /proc/irq /proc/bus /proc/sysrq-trigger; do
+    if [ -e "$knob" ]; then mount --bind "$knob" "$knob"; mount -o remount,bind,ro "$knob"; fi
+  done
+fi
 if [ "$NETNS_UID" = 0 ]; then
   exec setpriv --no-new-privs --inh-caps=-all --ambient-caps=-all --bounding-set=-all --securebits=+noroot,+noroot_locked -- "$@"
 fi
@@ -161,6 +181,8 @@ export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): Lau
     for (const path of keep) prefix.push('--keep', path)
     if (options.tmpSize) prefix.push('--tmp-size', options.tmpSize)
     if (options.tmpNoexec) prefix.push('--noexec')
+    // Root's file powers in the sandbox (the launcher ignores it for other users).
+    if (options.rootCapabilities === 'file' && process.getuid?.() === 0) prefix.push('--file-caps')
     if (options.recordAttempts) prefix.push('--record', '--control-fd', String(CONTROL_FD))
     prefix.push('--')
     return { kind: 'native', file: nativeLauncherPath, prefix, controlFd: options.recordAttempts ? CONTROL_FD : undefined }
@@ -210,12 +232,28 @@ export function withSharedPorts(command: { file: string; args: string[] }, ports
  * user namespace, so the sandbox's user namespace is the hub's child and the
  * hub may give it an uplink.
  */
-export function launchCommand(plan: LaunchPlan, hubPid?: number): { file: string; args: string[] } {
+export function launchCommand(plan: LaunchPlan, hubPid?: number, shares: readonly HostPath[] = []): { file: string; args: string[] } {
+  if (shares.length) plan = withShares(plan, shares)
   if (!hubPid) return { file: plan.file, args: plan.prefix }
   if (plan.kind === 'native') return { file: plan.file, args: ['--hub', String(hubPid), ...plan.prefix] }
   const nsenter = findTool('nsenter')
   if (!nsenter) return { file: plan.file, args: plan.prefix } // the uplink request will say why it cannot attach
   return { file: nsenter, args: [`--user=/proc/${hubPid}/ns/user`, '--preserve-credentials', '--', plan.file, ...plan.prefix] }
+}
+
+/** The plan with host paths bound in (shareHostPath, hostPaths), paths under /tmp only, parents first. */
+function withShares(plan: LaunchPlan, shares: readonly HostPath[]): LaunchPlan {
+  if (plan.kind === 'native') {
+    const flags = shares.flatMap((share) => [share.readOnly ? '--share-ro' : '--share', share.path])
+    const end = plan.prefix.lastIndexOf('--')
+    return { ...plan, prefix: [...plan.prefix.slice(0, end), ...flags, ...plan.prefix.slice(end)] }
+  }
+  // One "rw|ro <path under /tmp>" line each; paths hold no newline (host-paths.ts), quotes are escaped.
+  const lines = shares.map((share) => `${share.readOnly ? 'ro' : 'rw'} ${share.path.slice('/tmp/'.length)}`).join('\n')
+  const script = plan.prefix.indexOf('-c') + 1
+  const prefix = [...plan.prefix]
+  prefix[script] = `NETNS_SHARES='${lines.replace(/'/g, `'\\''`)}'\n${prefix[script]}`
+  return { ...plan, prefix }
 }
 
 export interface ProbeResult {

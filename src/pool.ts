@@ -20,10 +20,12 @@ import {
 } from 'vitest/node'
 import { formatAttempts, queryAttempts } from './attempts.js'
 import type { ResolvedUplinkOptions } from './config.js'
+import { hostPathsToBind, type HostPath } from './host-paths.js'
 import { launchCommand, withSharedPorts, type LaunchPlan } from './launcher.js'
 import { ModuleGuard } from './module-guard.js'
 import { SandboxPaths } from './sandbox-paths.js'
 import { annotateSharedPortHints, sharedPorts } from './shared-ports.js'
+import { annotateHostTmpErrors } from './tmp-hint.js'
 import { uplinkDaemon, UplinkSession, type UplinkMode } from './uplink-host.js'
 import { MAX_REQUEST_LINE, parseUplinkRequest, splitLines, type UplinkEnvelope } from './uplink-protocol.js'
 
@@ -70,6 +72,8 @@ export interface ProjectPlan {
   launch?: LaunchPlan
   /** Paths under /tmp bound back into every sandbox (pathsToKeep): the rest of /tmp is private. */
   keep?: string[]
+  /** Host paths shared by configuration (hostPaths); shareHostPath() adds more while the run starts. */
+  hostPaths?: HostPath[]
   /** Why netns files are skipped (onUnsupported: 'skip'). */
   skipReason?: string
   /** The pool the user configured, for files of other environments. */
@@ -227,8 +231,11 @@ export class NetnsPoolWorker implements PoolWorker {
 
   private spawnChild(): ChildProcess {
     const uplink = this.plan.uplink && this.uplinkOff === undefined ? this.plan.uplink : undefined
-    // The ports shared now: shares a global setup made hold for every file it precedes.
-    const { file, args } = withSharedPorts(launchCommand(this.launch, this.hubPid), this.launch.kind === 'native' ? sharedPorts() : [])
+    // Read at each start: a global setup's shareHostPort()/shareHostPath() calls come after the plan was made;
+    // shares made before a file starts hold for it.
+    const shares = hostPathsToBind(this.plan.hostPaths ?? [])
+    const { file, args } = withSharedPorts(launchCommand(this.launch, this.hubPid, shares), this.launch.kind === 'native' ? sharedPorts() : [])
+    const sameInBoth = [...(this.plan.keep ?? []), ...shares.map((share) => share.path)]
     const stdio: ('pipe' | 'ipc' | 'ignore')[] = ['pipe', 'pipe', 'pipe', 'ipc']
     if (this.launch.controlFd || uplink) stdio.push(this.launch.controlFd ? 'pipe' : 'ignore')
     if (uplink) stdio.push('pipe')
@@ -245,6 +252,7 @@ export class NetnsPoolWorker implements PoolWorker {
       }
       const message = verdict.pass
       annotateSharedPortHints(message)
+      annotateHostTmpErrors(message, sameInBoth)
       // At the end of each file, and before Vitest hears of it: what it tried to reach.
       if (control && isResponse(message, 'testfileFinished')) void this.reportAttempts(control).then(() => this.onChildMessage(message))
       else this.onChildMessage(message)

@@ -8,7 +8,7 @@ export interface NetnsSandbox {
   net: string
   user: string
   mnt: string
-  /** The worker is pid 2 here; pid 1 is the launcher's init, whose exit ends every process left. */
+  /** The worker's pid here is its relay's host pid (native launcher; the shell launcher's is 1); pid 1 is the launcher's init, whose exit ends every process left. */
   pid: string
   /** The private /tmp (a tmpfs of this file's own). */
   tmpdir: string

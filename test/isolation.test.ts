@@ -376,10 +376,17 @@ describe('5. a private /tmp per file', () => {
   })
 })
 
-describe('6. no privileges: same ids, no capabilities, the sandbox cannot be undone', () => {
+// Both rootCapabilities choices: as root they differ ('file' keeps five file capabilities), and every escape fails in both.
+// The shell launcher keeps no capabilities as root whatever the option says.
+describe.each([
+  ['default (rootCapabilities: file)', undefined, 'native'],
+  ["rootCapabilities: 'none'", 'none', 'native'],
+  ['shell launcher', undefined, 'shell'],
+])('6. no privileges: same ids, no capabilities (as root by default: file ones only), the sandbox cannot be undone; %s', (_name, rootCaps, launcher) => {
   const privileges = once('privileges', () => ({
-    env: { OUTER_UID: String(process.getuid!()), OUTER_GID: String(process.getgid!()), HOST_NETNS: hostNet },
+    env: { OUTER_UID: String(process.getuid!()), OUTER_GID: String(process.getgid!()), HOST_NETNS: hostNet, PRIV_ROOT_CAPS: rootCaps, PRIV_LAUNCHER: launcher },
   }))
+  const fileCaps = isRoot && rootCaps !== 'none' && launcher !== 'shell'
 
   test('runs as the uid and gid of the outer test', async () => {
     const result = await privileges()
@@ -387,10 +394,15 @@ describe('6. no privileges: same ids, no capabilities, the sandbox cannot be und
     expect(result.records.privileges.ids).toEqual({ uid: process.getuid!(), euid: process.getuid!(), gid: process.getgid!(), egid: process.getgid!() })
   })
 
-  test('CapEff (and every other capability set) is 0, NoNewPrivs is 1', async () => {
+  test('CapEff (and every other capability set) is 0 (as root by default: the five file capabilities), NoNewPrivs is 1; also in programs it starts', async () => {
     const result = await privileges()
-    expect(statusOf(result, 'privileges.test.ts', /no capabilities at all/), failures(result)).toEqual(['passed'])
-    expect(result.records.privileges.status).toMatchObject({ CapEff: '0000000000000000', NoNewPrivs: '1' })
+    expect(statusOf(result, 'privileges.test.ts', /no capabilities at all|same capabilities, no more/), failures(result)).toEqual(['passed', 'passed'])
+    expect(result.records.privileges.status).toMatchObject({ CapEff: fileCaps ? '000000000000001f' : '0000000000000000', NoNewPrivs: '1' })
+  })
+
+  test('cannot write kernel knobs in /sys, or mount', async () => {
+    const result = await privileges()
+    expect(statusOf(result, 'privileges.test.ts', /\/sys knob|mount -t tmpfs/), failures(result)).toEqual(['passed', 'passed'])
   })
 
   test('cannot change interfaces, addresses or routes (ip link set lo down, ip route add, ip address add)', async () => {
