@@ -376,30 +376,36 @@ static void make_parents(char *path) {
 }
 
 /*
- * Paths under the host's /tmp that the program needs (a project, a Node
- * binary, Vitest itself) are bound again from a descriptor kept on the old
- * /tmp: the new tmpfs hides them, and a path-based source would resolve into
- * the new tmpfs.
+ * Binds `path` (/tmp/...) of the host's /tmp, reached through a descriptor
+ * kept on the old /tmp, at the same path in the new one: the new tmpfs hides
+ * it, and a path-based source would resolve into the new tmpfs. A source that
+ * is gone is skipped when `missing_ok`, else an error.
  */
-static void keep_paths_from(int old_tmp) {
+static void bind_from_old_tmp(int old_tmp, const char *path, int missing_ok) {
   char src[4200], target[4200];
-  step = "keep";
-  for (int i = 0; i < keep_count; i++) {
-    const char *rel = keep_paths[i] + 5; /* after "/tmp/" */
-    struct stat st;
-    snprintf(src, sizeof src, "/proc/self/fd/%d/%s", old_tmp, rel);
-    if (stat(src, &st) < 0) continue; /* vanished: nothing to keep */
-    snprintf(target, sizeof target, "/tmp/%s", rel);
-    make_parents(target);
-    if (S_ISDIR(st.st_mode)) {
-      if (mkdir(target, 0755) < 0 && errno != EEXIST) die(target);
-    } else {
-      int fd = open(target, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-      if (fd < 0) die(target);
-      close(fd);
-    }
-    if (mount(src, target, NULL, MS_BIND | MS_REC, NULL) < 0) die(keep_paths[i]);
+  const char *rel = path + 5; /* after "/tmp/" */
+  struct stat st;
+  snprintf(src, sizeof src, "/proc/self/fd/%d/%s", old_tmp, rel);
+  if (stat(src, &st) < 0) {
+    if (missing_ok) return;
+    die(path);
   }
+  snprintf(target, sizeof target, "/tmp/%s", rel);
+  make_parents(target);
+  if (S_ISDIR(st.st_mode)) {
+    if (mkdir(target, 0755) < 0 && errno != EEXIST) die(target);
+  } else {
+    int fd = open(target, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) die(target);
+    close(fd);
+  }
+  if (mount(src, target, NULL, MS_BIND | MS_REC, NULL) < 0) die(path);
+}
+
+/* Paths under the host's /tmp that the program needs: the project, a Node binary, Vitest itself. */
+static void keep_paths_from(int old_tmp) {
+  step = "keep";
+  for (int i = 0; i < keep_count; i++) bind_from_old_tmp(old_tmp, keep_paths[i], 1); /* vanished: nothing to keep */
 }
 
 /* Remount flags a user namespace may not clear on a bind of the host's mount (the kernel locks them). */
@@ -422,26 +428,13 @@ static unsigned long locked_flags(const char *path) {
  * asked. Unlike a kept path, a share that is gone is an error: the user named it.
  */
 static void share_paths_from(int old_tmp) {
-  char src[4200], target[4200];
   step = "share";
   for (int i = 0; i < share_path_count; i++) {
-    const char *rel = share_paths[i] + 5; /* after "/tmp/" */
-    struct stat st;
-    snprintf(src, sizeof src, "/proc/self/fd/%d/%s", old_tmp, rel);
-    if (stat(src, &st) < 0) die(share_paths[i]);
-    snprintf(target, sizeof target, "/tmp/%s", rel);
-    make_parents(target);
-    if (S_ISDIR(st.st_mode)) {
-      if (mkdir(target, 0755) < 0 && errno != EEXIST) die(target);
-    } else {
-      int fd = open(target, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-      if (fd < 0) die(target);
-      close(fd);
-    }
-    if (mount(src, target, NULL, MS_BIND | MS_REC, NULL) < 0) die(share_paths[i]);
+    const char *target = share_paths[i];
+    bind_from_old_tmp(old_tmp, target, 0);
     if (share_readonly[i] &&
         mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags(target), NULL) < 0)
-      die(share_paths[i]);
+      die(target);
   }
 }
 
