@@ -233,19 +233,7 @@ static int batch_errors(int fd) {
 /* ---- the black hole ---- */
 
 /* One rtnetlink request, answered by an ack: 0 or an errno. */
-static int rt_call(int fd, struct msg *m) {
-  if (m->overflow) return ENOBUFS;
-  if (send(fd, m->buf, m->len, 0) < 0) return errno;
-  uint32_t want = ((struct nlmsghdr *)m->buf)->nlmsg_seq;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return errno;
-    for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n))
-      if (h->nlmsg_seq == want && h->nlmsg_type == NLMSG_ERROR) return -((struct nlmsgerr *)NLMSG_DATA(h))->error;
-  }
-}
+static int rt_call(int fd, struct msg *m) { return rt_request(fd, m, 0, NULL, 0); }
 
 /* The veth pair OFFLINE / OFFLINE_PEER, both here. */
 static int create_offline(int fd, uint32_t seq) {

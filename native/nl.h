@@ -247,4 +247,33 @@ static inline uint64_t be64(const void *p) {
   return v;
 }
 
+/* ---- rtnetlink requests ---- */
+
+/*
+ * Sends one request and reads until its answer: an error or ack (returned as
+ * 0 or an errno), or, when `type` is given, the first message of that type,
+ * copied to `reply`.
+ */
+static inline int rt_request(int fd, struct msg *m, uint16_t type, char *reply, size_t room) {
+  if (m->overflow) return ENOBUFS;
+  if (send(fd, m->buf, m->len, 0) < 0) return errno;
+  uint32_t want = ((struct nlmsghdr *)m->buf)->nlmsg_seq;
+  char buf[8192];
+  for (;;) {
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+      if (h->nlmsg_seq != want) continue;
+      if (h->nlmsg_type == NLMSG_ERROR) return -((struct nlmsgerr *)NLMSG_DATA(h))->error;
+      if (type && h->nlmsg_type == type && h->nlmsg_len <= room) {
+        memcpy(reply, h, h->nlmsg_len);
+        return 0;
+      }
+    }
+  }
+}
+
 #endif

@@ -97,7 +97,6 @@ static inline uint32_t ip_be(uint32_t host) { return htonl(host); }
 int read_sysctl(const char *path);
 int if_sysctl(const char *ifname, const char *key, const char *value);
 int ifindex_via(int fd, const char *name);
-int rt_request(int fd, struct msg *m, uint16_t type, char *reply, size_t room);
 int link_up(int fd, int index, int up);
 int add_address(int fd, int index, uint32_t addr);
 int create_veth(const char *name, int netns_fd);
