@@ -1,6 +1,6 @@
 // What the benchmarks share: bounded command-line options, timed commands,
 // and the small statistics and markdown tables they print.
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
@@ -103,4 +103,20 @@ export function timeCommand(file, args, { cwd, env, timeoutMs, capture = false, 
       resolvePromise({ ms: (ended ?? performance.now()) - started, code, signal, out, timedOut })
     })
   })
+}
+
+// cutime + cstime of this process: the CPU time of every child it has reaped,
+// including what those children reaped in turn (Vitest its workers, the
+// launcher its init, init the worker). Runs are serial, so the difference
+// across one run is that run's CPU time, which other load disturbs far less
+// than wall time.
+export const clockTick = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout?.trim()) || 100
+export function childrenCpuMs() {
+  try {
+    const stat = readFileSync('/proc/self/stat', 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return ((Number(fields[13]) + Number(fields[14])) * 1000) / clockTick
+  } catch {
+    return NaN
+  }
 }

@@ -15,12 +15,11 @@
 // other load on the machine disturbs much less than wall time.
 // Timing is only reported, never checked; the exit status is 1 only when a run
 // itself failed (a test failed, Vitest crashed, a run timed out).
-import { spawnSync } from 'node:child_process'
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { fmt, median, parseArgs, table, timeCommand } from './lib.mjs'
+import { childrenCpuMs, fmt, median, parseArgs, table, timeCommand } from './lib.mjs'
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..')
 const root = join(repoRoot, 'fixtures', 'real-suite')
@@ -39,19 +38,6 @@ const variants = [
   { name: 'netns', label: "netns (sandbox: 'all', shared ports)", config: 'vitest.config.ts' },
 ]
 
-// cutime + cstime of this process: the CPU time of every child it has reaped,
-// and of what they reaped (as in startup.mjs). Runs are serial, so the
-// difference across one run is that run's CPU time.
-const clockTick = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout?.trim()) || 100
-function childrenCpuMs() {
-  try {
-    const stat = readFileSync('/proc/self/stat', 'utf8')
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return ((Number(fields[13]) + Number(fields[14])) * 1000) / clockTick
-  } catch {
-    return NaN
-  }
-}
 
 // Every run started is ended if the bench is stopped.
 const running = new Set()

@@ -20,13 +20,12 @@
 // Timing is only reported, never checked. The exit status is 1 only when a
 // run itself failed (a test failed, Vitest crashed, a run timed out), since
 // the numbers would then not mean what they say.
-import { spawnSync } from 'node:child_process'
 import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { performance } from 'node:perf_hooks'
-import { fmt, median, p90, parseArgs, signed, table, timeCommand } from './lib.mjs'
+import { childrenCpuMs, clockTick, fmt, median, p90, parseArgs, signed, table, timeCommand } from './lib.mjs'
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..')
 const workDir = join(repoRoot, 'bench', '.work', 'startup')
@@ -63,21 +62,6 @@ const parse = (argv) =>
 
 // ---------------------------------------------------------------- CPU time of finished children
 
-// cutime + cstime of this process: the CPU time of every child it has reaped,
-// including what those children reaped in turn (Vitest its workers, the
-// launcher its init, init the worker). Runs are serial, so the difference
-// across one run is that run's CPU time, which other load disturbs far less
-// than wall time.
-const clockTick = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout?.trim()) || 100
-function childrenCpuMs() {
-  try {
-    const stat = readFileSync('/proc/self/stat', 'utf8')
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return ((Number(fields[13]) + Number(fields[14])) * 1000) / clockTick
-  } catch {
-    return NaN
-  }
-}
 
 // ---------------------------------------------------------------- part 1: Vitest runs
 
