@@ -191,15 +191,17 @@ describe('3. no route elsewhere: outside addresses and names fail at once', () =
   /** Without recordAttempts there is not even a route to lo for outside addresses: the kernel says ENETUNREACH. */
   const withoutRecording = once('network', () => ({ args: ['--config', 'vitest.no-record.config.ts', 'test/outside.test.ts'] }))
 
-  test('TCP connect and UDP send to 198.51.100.0/24 and 203.0.113.0/24 are refused in well under 1 s (default options)', async () => {
+  test('TCP connect and UDP send to 198.51.100.0/24 and 203.0.113.0/24 are refused at once, not dropped (default options)', async () => {
     const result = await network()
     expect(statusOf(result, 'outside.test.ts', /TCP|UDP/), failures(result)).toEqual(['passed', 'passed', 'passed'])
     const { tcp, tcp2, udp } = result.records.outside
     for (const attempt of [tcp, tcp2, udp]) {
       // recordAttempts (default): EHOSTUNREACH from the black hole for TCP, EPERM for UDP; no route if it is unavailable.
       expect(['ENETUNREACH', 'ECONNREFUSED', 'EHOSTUNREACH', 'EPERM']).toContain(attempt.code)
-      expect(attempt.ms).toBeLessThan(1_000)
     }
+    // TCP: 10-20 ms as a rule, one SYN retransmit (1 s) when the first error met a locked socket; a drop would take minutes.
+    for (const attempt of [tcp, tcp2]) expect(attempt.ms).toBeLessThan(5_000)
+    expect(udp.ms).toBeLessThan(1_000)
   })
 
   test('with recordAttempts: false there is no route at all: ENETUNREACH for TCP and UDP, in well under 1 s', async () => {
