@@ -1,4 +1,4 @@
-// `vitest-netns doctor`: checks every requirement by trying it, and prints
+// `vitest-environment-netns doctor`: checks every requirement by trying it, and prints
 // the exact fix for this system for each problem.
 import { constants, existsSync, openSync, closeSync, readFileSync } from 'node:fs'
 import { DEFAULT_UPLINK_POOL, resolveOptions } from './config.js'
@@ -206,15 +206,46 @@ export async function runDoctor(): Promise<DoctorReport> {
 
 const MARK: Record<Status, string> = { ok: 'ok', missing: 'MISSING', blocked: 'BLOCKED', 'not reached': '-', info: 'note' }
 
-/** Ready-made fixes for common environments, shown when namespaces are blocked. */
-function environmentFixes(): string[] {
-  return [
-    'Ubuntu 23.10+/24.04 (AppArmor): /etc/apparmor.d/vitest-netns, then `sudo apparmor_parser -r /etc/apparmor.d/vitest-netns`:',
-    `    abi <abi/4.0>,\n    include <tunables/global>\n    profile vitest-netns ${process.execPath} flags=(unconfined) {\n      userns,\n    }`,
-    'Docker: docker run --security-opt seccomp=unconfined --security-opt apparmor=unconfined …',
-    'GitHub Actions (ubuntu-24.04), a step before the tests:',
-    '    - run: sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0',
-  ]
+/** What the ready-made fixes depend on: only advice for what is detected here is shown. */
+interface Platform {
+  /** From /etc/os-release. */
+  ubuntu: boolean
+  /** kernel.apparmor_restrict_unprivileged_userns is 1 (Ubuntu 23.10+ and derivatives). */
+  apparmorRestricts: boolean
+  /** A seccomp filter on this process (a container runtime's, usually): Podman's when /run/.containerenv exists. */
+  seccomp: 'Docker' | 'Podman' | undefined
+  /** GITHUB_ACTIONS=true: a GitHub Actions runner. */
+  githubActions: boolean
+}
+
+function detectPlatform(): Platform {
+  const ids = /^ID(?:_LIKE)?="?([^"\n]*)"?/gm
+  const release = readValue('/etc/os-release') ?? ''
+  const ubuntu = [...release.matchAll(ids)].some((match) => /\bubuntu\b/.test(match[1]!))
+  const seccomp = /^Seccomp:\s*2/m.test(readValue('/proc/self/status') ?? '')
+  return {
+    ubuntu,
+    apparmorRestricts: readValue('/proc/sys/kernel/apparmor_restrict_unprivileged_userns') === '1',
+    seccomp: seccomp ? (existsSync('/run/.containerenv') ? 'Podman' : 'Docker') : undefined,
+    githubActions: process.env.GITHUB_ACTIONS === 'true',
+  }
+}
+
+/** Ready-made fixes for the environment detected here, shown when namespaces are blocked. */
+function environmentFixes(platform: Platform): string[] {
+  const fixes: string[] = []
+  if (platform.apparmorRestricts || platform.ubuntu) {
+    fixes.push(
+      `${platform.ubuntu ? 'Ubuntu 23.10+/24.04' : 'This system'} (AppArmor): /etc/apparmor.d/vitest-netns, then \`sudo apparmor_parser -r /etc/apparmor.d/vitest-netns\`:`,
+      `    abi <abi/4.0>,\n    include <tunables/global>\n    profile vitest-netns ${process.execPath} flags=(unconfined) {\n      userns,\n    }`,
+    )
+  }
+  if (platform.seccomp === 'Podman') fixes.push('Podman: podman run --security-opt seccomp=unconfined …')
+  else if (platform.seccomp) fixes.push('Docker: docker run --security-opt seccomp=unconfined --security-opt apparmor=unconfined …')
+  if (platform.githubActions) {
+    fixes.push('GitHub Actions (ubuntu-24.04), a step before the tests:', '    - run: sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0')
+  }
+  return fixes
 }
 
 export function formatReport(report: DoctorReport): string {
@@ -226,7 +257,8 @@ export function formatReport(report: DoctorReport): string {
     lines.push('', 'Fixes:')
     for (const c of problems) lines.push(`  ${c.feature}: ${c.fix}`)
   }
-  if (!report.ok) lines.push('', ...environmentFixes())
+  const fixes = report.ok ? [] : environmentFixes(detectPlatform())
+  if (fixes.length) lines.push('', ...fixes)
   lines.push('', report.ok ? 'netns test files can run here.' : 'netns test files cannot run here (see the fixes above).')
   return lines.join('\n')
 }

@@ -1,18 +1,60 @@
-// `vitest-netns doctor`, run as users run it, on this machine and in really
-// blocked environments.
+// `vitest-environment-netns doctor` (the package's bin), run as users run it,
+// on this machine and in really blocked environments; its arguments.
 import { spawnSync } from 'node:child_process'
-import { rmSync } from 'node:fs'
+import { existsSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { buildDenyUserns, repoRoot } from './helpers'
 
 const cli = join(repoRoot, 'dist', 'cli.js')
 
-function doctor(args: string[] = [], wrapper: string[] = []) {
+function doctor(args: string[] = [], wrapper: string[] = [], env: Record<string, string | undefined> = {}) {
   const command = [...wrapper, process.execPath, cli, 'doctor', ...args]
-  const run = spawnSync(command[0]!, command.slice(1), { encoding: 'utf8', timeout: 30_000 })
+  const run = spawnSync(command[0]!, command.slice(1), { encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...env } })
   return { code: run.status, stdout: run.stdout, stderr: run.stderr }
 }
+
+function cliRun(args: string[]) {
+  const run = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 30_000 })
+  return { code: run.status, stdout: run.stdout, stderr: run.stderr }
+}
+
+const manifest = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8'))
+
+describe('the command line', () => {
+  test('the bin is named after the package, so `npx vitest-environment-netns doctor` runs it', () => {
+    expect(manifest.bin).toEqual({ 'vitest-environment-netns': 'dist/cli.js' })
+    expect(readFileSync(cli, 'utf8')).toMatch(/^#!\/usr\/bin\/env node\n/)
+  })
+
+  test('an unknown option of doctor is an error naming it and the options there are, exit 2; nothing is checked', () => {
+    const run = cliRun(['doctor', '--bogus'])
+    expect(run.code).toBe(2)
+    expect(run.stderr).toContain("unknown option '--bogus' for doctor; its options are --json, --help.")
+    expect(run.stdout).toBe('')
+  })
+
+  test('--version prints the package version', () => {
+    const run = cliRun(['--version'])
+    expect(run.code).toBe(0)
+    expect(run.stdout).toBe(`${manifest.version}\n`)
+  })
+
+  test('--help (and doctor --help) print the usage, exit 0', () => {
+    for (const args of [['--help'], ['doctor', '--help'], []]) {
+      const run = cliRun(args)
+      expect(run.code, args.join(' ')).toBe(0)
+      expect(run.stdout).toContain('usage: vitest-environment-netns doctor [--json]')
+    }
+  })
+
+  test('an unknown command is an error naming it, exit 2', () => {
+    const run = cliRun(['bogus'])
+    expect(run.code).toBe(2)
+    expect(run.stderr).toContain("unknown command 'bogus'; the command is doctor.")
+    expect(run.stderr).toContain('usage: vitest-environment-netns doctor [--json]')
+  })
+})
 
 describe('on this machine', () => {
   test('prints a table of checks, says netns files can run, exits 0', () => {
@@ -34,11 +76,6 @@ describe('on this machine', () => {
     expect(report.checks.find((c: { feature: string }) => c.feature === 'uid/gid maps').status).toBe('ok')
   })
 
-  test('an unknown command prints usage and fails', () => {
-    const run = spawnSync(process.execPath, [cli, 'bogus'], { encoding: 'utf8' })
-    expect(run.status).toBe(2)
-    expect(run.stderr).toContain('usage: vitest-netns doctor [--json]')
-  })
 })
 
 describe('in blocked environments', () => {
@@ -54,7 +91,23 @@ describe('in blocked environments', () => {
     expect(run.stdout).toMatch(/uplinks +- +not tried: the sandbox cannot be set up/)
     expect(run.stdout).toContain("--security-opt seccomp=unconfined --security-opt apparmor=unconfined")
     expect(run.stdout).toContain('netns test files cannot run here')
+    // Every fix reads as a sentence: no stray punctuation before its full stop (it once ended in "),.").
+    expect(run.stdout).not.toMatch(/[,;:]\.(\s|$)/m)
     expect(JSON.parse(doctor(['--json'], [denyUserns]).stdout).ok).toBe(false)
+  })
+
+  test('advice only for the platform detected here: AppArmor where it restricts namespaces (or on Ubuntu), GitHub Actions on its runners', () => {
+    const release = existsSync('/etc/os-release') ? readFileSync('/etc/os-release', 'utf8') : ''
+    const apparmor = existsSync('/proc/sys/kernel/apparmor_restrict_unprivileged_userns') &&
+      readFileSync('/proc/sys/kernel/apparmor_restrict_unprivileged_userns', 'utf8').trim() === '1'
+    const ubuntu = /^ID(_LIKE)?="?[^"\n]*\bubuntu\b/m.test(release)
+    const plain = doctor([], [denyUserns], { GITHUB_ACTIONS: undefined })
+    expect(plain.code, plain.stdout + plain.stderr).toBe(1)
+    expect(plain.stdout).not.toContain('GitHub Actions')
+    if (apparmor || ubuntu) expect(plain.stdout).toContain('apparmor_parser -r /etc/apparmor.d/vitest-netns')
+    else expect(plain.stdout).not.toMatch(/AppArmor|apparmor_parser/)
+    const actions = doctor([], [denyUserns], { GITHUB_ACTIONS: 'true' })
+    expect(actions.stdout).toContain('GitHub Actions (ubuntu-24.04), a step before the tests:')
   })
 
   test('user.max_user_namespaces=0 (inside a user namespace of its own): blocked, with the sysctl fix', () => {
