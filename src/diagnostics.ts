@@ -23,6 +23,11 @@ function inContainer(): string | undefined {
   return undefined
 }
 
+/** A program's output as the end of a sentence: one full stop, whatever it ended with. */
+function sentence(output: string): string {
+  return `${output.trim().replace(/[\s.,;:]+$/, '')}.`
+}
+
 export interface Explanation {
   cause: string
   fix: string
@@ -66,8 +71,8 @@ export function explainProbeFailure(result: ProbeResult): Explanation {
         cause: `a seccomp filter refuses unshare()${container ? ` (${container}'s default profile does this)` : ''}.`,
         fix:
           container === 'Podman'
-            ? "run the container with '--security-opt seccomp=unconfined' (or a profile that allows unshare and mount),."
-            : "run the container with '--security-opt seccomp=unconfined --security-opt apparmor=unconfined' (or a seccomp profile that allows unshare, mount and setns),.",
+            ? "run the container with '--security-opt seccomp=unconfined' (or a profile that allows unshare and mount)."
+            : "run the container with '--security-opt seccomp=unconfined --security-opt apparmor=unconfined' (or a seccomp profile that allows unshare, mount and setns).",
       }
     }
   }
@@ -84,28 +89,29 @@ export function explainProbeFailure(result: ProbeResult): Explanation {
   }
   if (result.step === 'exec' || /ENOENT|not found/.test(result.output)) {
     return {
-      cause: `the launcher could not be started: ${result.output}`,
+      cause: `the launcher could not be started: ${sentence(result.output)}`,
       fix: "reinstall the package ('npm rebuild vitest-environment-netns') so the native launcher is built, or install util-linux and iproute2.",
     }
   }
   if (container && (result.step === 'mount' || result.step === 'tmp' || result.step === 'etc' || result.step === 'proc_sys' || result.step === 'sys')) {
     return {
-      cause: `mounting inside the namespace is refused (${result.output}); ${container} restricts mounts in nested namespaces.`,
-      fix: "run the container with '--security-opt apparmor=unconfined --security-opt seccomp=unconfined',.",
+      cause: `mounting inside the namespace is refused (${sentence(result.output).slice(0, -1)}); ${container} restricts mounts in nested namespaces.`,
+      fix: "run the container with '--security-opt apparmor=unconfined --security-opt seccomp=unconfined'.",
     }
   }
   return {
-    cause: `the namespace setup failed at step '${result.step ?? 'unknown'}': ${result.output || 'no output'}.`,
+    cause: `the namespace setup failed at step '${result.step ?? 'unknown'}': ${sentence(result.output || 'no output')}`,
     fix: 'check that unprivileged user namespaces work here (`unshare --user --map-current-user --net true`), then report this message.',
   }
 }
 
-export function unsupportedMessage(result: ProbeResult): string {
+/** The message for a machine where the probe failed; with onUnsupported: 'skip' already set, it does not suggest setting it. */
+export function unsupportedMessage(result: ProbeResult, onUnsupported: 'error' | 'skip'): string {
   const { cause, fix } = explainProbeFailure(result)
   return (
     `vitest-environment-netns: cannot run netns test files on this machine: ${cause}\n` +
     `  Fix: ${fix}\n` +
-    `  Or set netns({ onUnsupported: 'skip' }) to report netns files as skipped.\n` +
-    `  Run 'npx vitest-netns doctor' for a full report.`
+    (onUnsupported === 'error' ? `  Or set netns({ onUnsupported: 'skip' }) to report netns files as skipped.\n` : '') +
+    `  Run 'npx vitest-environment-netns doctor' for a full report.`
   )
 }

@@ -79,7 +79,7 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
           (options.hostPorts.length ? `, shared host ports: ${options.hostPorts.join(', ')}` : ''),
       }
     }
-    failure = unsupportedMessage(result)
+    failure = unsupportedMessage(result, options.onUnsupported)
   } catch (error) {
     if (!(error instanceof LauncherUnavailableError)) throw error
     failure = `vitest-environment-netns: cannot start namespaced workers: ${error.message}`
@@ -105,7 +105,7 @@ function planSharing(options: ResolvedNetnsOptions, launch: LaunchPlan, result: 
       ? "shared host ports need the native launcher, and this run uses the shell launcher: build it (a C compiler, then npm rebuild vitest-environment-netns) and use launcher: 'auto' or 'native'."
       : result.sharing === 'on'
         ? undefined
-        : `${result.sharing.replace(/^unavailable: /, '')} (shared host ports use seccomp user notification; see vitest-netns doctor).`
+        : `${result.sharing.replace(/^unavailable: /, '')} (shared host ports use seccomp user notification; see npx vitest-environment-netns doctor).`
   if (unavailable && options.hostPorts.length) {
     throw new NetnsConfigError(`cannot share host ports ${options.hostPorts.join(', ')} (hostPorts): ${unavailable}`)
   }
@@ -143,9 +143,10 @@ function uplinkMechanism(mode: 'root' | 'rootless', options: ResolvedNetnsOption
   if (mode === 'root') return 'veth in the host namespace, kernel NAT'
   const via = options.uplink ? options.uplink.egressVia : 'none'
   const helper = via === 'none' ? undefined : via !== 'slirp4netns' && findTool('pasta') ? 'pasta' : via !== 'pasta' && findTool('slirp4netns') ? 'slirp4netns' : undefined
-  const tun = helper ? tunProblem() : undefined
-  const egress = helper ? (tun ? `unavailable (/dev/net/tun cannot be opened)` : `via ${helper}`) : via === 'none' ? 'off' : 'unavailable (install passt)'
-  return `hub namespace, host services and forwards relayed by the hub; egress past this machine ${egress}`
+  // When egress past the machine cannot work here, the first test that asks for it is told why (uplink-host.ts
+  // attach) and doctor has a row for it: a run that never asks is not told to install anything.
+  const egress = helper && !tunProblem() ? `; egress past this machine via ${helper}` : via === 'none' ? '; egress past this machine off' : ''
+  return `hub namespace, host services and forwards relayed by the hub${egress}`
 }
 
 /** The environment a file will run in, as Vitest decides it (getSpecificationsOptions): a docblock first, then the project's config. */

@@ -46,7 +46,7 @@ export async function startEgressHelper(hubPid: number, via: ResolvedUplinkOptio
   const deadline = Date.now() + 5000
   while (Date.now() < deadline) {
     if (child.exitCode !== null || child.signalCode !== null) {
-      return `egress beyond this machine is unavailable: ${pasta ? 'pasta' : 'slirp4netns'} exited: ${stderr.trim().split('\n').filter((l) => !l.includes('syslog')).pop() ?? child.exitCode}`
+      return `egress beyond this machine is unavailable: ${pasta ? 'pasta' : 'slirp4netns'} exited: ${(stderr.trim().split('\n').filter((l) => !l.includes('syslog')).pop() ?? String(child.exitCode)).replace(/[\s.]+$/, '')}`
     }
     try {
       if (/^pasta0\s+00000000\s/m.test(readFileSync(`/proc/${hubPid}/net/route`, 'utf8'))) return undefined

@@ -77,6 +77,9 @@ describe('namespaces cannot be created here', () => {
     expect(output(result)).toContain(`cannot run netns test files on this machine: ${expected.cause}`)
     expect(output(result)).toContain(`Fix: ${expected.fix}`)
     expect(output(result)).toContain("Or set netns({ onUnsupported: 'skip' })")
+    expect(output(result)).toContain("Run 'npx vitest-environment-netns doctor' for a full report.")
+    // The fix reads as a sentence: one full stop, no stray punctuation before it (it once ended in "),.").
+    expect(expected.fix).toMatch(/[^,;:.]\.$/)
   })
 
   test("under a seccomp filter with onUnsupported: 'skip': netns tests are skipped with the reason, the others run", async () => {
@@ -92,6 +95,8 @@ describe('namespaces cannot be created here', () => {
     expect(Object.keys(result.records)).toEqual(['plain'])
     // The reason: once as a warning, and next to each skipped test.
     expect(output(result)).toContain("netns test files will be reported as skipped (onUnsupported: 'skip')")
+    // It is set already: the message does not suggest setting it.
+    expect(output(result)).not.toContain("Or set netns({ onUnsupported: 'skip' })")
     const reason = `vitest-environment-netns: cannot run netns test files on this machine: ${expected.cause}`
     for (const title of ['runs in its own network namespace', 'a second test, skipped just the same']) {
       const line = result.stdout.split('\n').find((l) => l.includes(`sandboxed.test.ts > ${title}`))

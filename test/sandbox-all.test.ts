@@ -94,6 +94,7 @@ describe("sandbox: 'all': every file in namespaces of its own, in its own enviro
       expect(new Set(statuses)).toEqual(new Set(['skipped']))
       expect(result.records).toEqual({})
       expect(output(result)).toContain("every test file will be reported as skipped (onUnsupported: 'skip')")
+      expect(output(result)).not.toContain("Or set netns({ onUnsupported: 'skip' })")
     })
   })
 })

@@ -8,6 +8,7 @@ import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'no
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
+import { findTool } from '../src/launcher'
 import { failures, runFixture, type RunOptions, type RunResult } from './helpers'
 import { processesOfRun, waitFor, waitUntilGone } from './leftovers'
 
@@ -451,6 +452,23 @@ describe('rootless egress past the machine', () => {
     if (tunUsable) expect(output).not.toMatch(/egress beyond this machine/)
     else expect(output).toMatch(/uplink: egress beyond this machine needs pasta, but \/dev\/net\/tun cannot be opened by this user \(EACCES; it is usually mode 0666: chmod 0666 \/dev\/net\/tun/)
     expect(result.records.egressNat.a.reply).toBe('198.51.100.1 8080')
+  })
+})
+
+describe('rootless egress past the machine, where it cannot work', () => {
+  // slirp4netns asked for and not installed: egress past the machine cannot work. A run that never asks
+  // for egress is not told about it (nor to install anything); the first test that asks is.
+  test.skipIf(root || findTool('slirp4netns') !== undefined)('the start line does not say so; the first test that asks for egress does', async () => {
+    const env = { NETNS_EGRESS_VIA: 'slirp4netns' }
+    const quiet = await run({ include: 'test/host-service.test.ts', env })
+    expect(quiet.code, failures(quiet)).toBe(0)
+    expect(quiet.stdout).toContain('uplinks: hub namespace, host services and forwards relayed by the hub)')
+    expect(quiet.stdout + quiet.stderr).not.toMatch(/egress (past|beyond) this machine|install passt|slirp4netns/)
+    const asked = await run({ include: 'test/egress.test.ts', env })
+    expect(asked.code, failures(asked)).toBe(0)
+    expect(asked.stdout + asked.stderr).toContain(
+      'uplink: egress beyond this machine needs slirp4netns, which is not on PATH. Addresses reachable from the hub namespace still work.',
+    )
   })
 })
 
