@@ -14,6 +14,7 @@ import { cidrSize, formatCidr, overlaps, parseCidr } from './ipv4.js'
 import { createNetnsPool, ENVIRONMENT_NAME, POOL_NAME, type ProjectPlan } from './pool.js'
 import { hostNetworks } from './routes.js'
 import { tunProblem } from './uplink-egress.js'
+import { unsupportedRuntime } from './requirements.js'
 import { registerSharing } from './shared-ports.js'
 import { registerUplinkHost, uplinkDaemon } from './uplink-host.js'
 
@@ -221,6 +222,8 @@ export function netns(options?: NetnsOptions): Plugin {
     // Vite transforming them for every worker, as it would from node_modules (also when linked).
     config: () => ({ test: { server: { deps: { external: [ownDist] } } } }) as never,
     async configureVitest({ project, vitest }: { project: TestProject; vitest: Vitest }) {
+      const runtime = unsupportedRuntime(vitest.version, process.version)
+      if (runtime) throw new NetnsConfigError(runtime)
       const state = await planProject(project, resolved)
       projects.set(project, state)
       const config = project.config as typeof project.config & { poolRunner?: unknown }
