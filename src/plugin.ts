@@ -186,7 +186,9 @@ function startLine(vitest: Vitest, specifications: ReadonlyArray<TestSpecificati
       ? total === 1
         ? `the 1 test file runs in its own namespaces, in its own environment${how}`
         : `all ${total} test files run in their own namespaces, each in its own environment${how}`
-      : `${sandboxed.length} of ${plural(total, 'test file')} run in their own namespaces${how}`
+      : total === 1 && sandboxed.length === 1
+        ? `the 1 test file runs in its own namespaces${how}`
+        : `${sandboxed.length} of ${plural(total, 'test file')} run in their own namespaces${how}`
   if (!escaped.length) return `vitest-environment-netns: ${head}`
   const example = escaped[0]!
   return (

@@ -105,4 +105,7 @@ test('one line at the start says how many files run in namespaces, and how', asy
   expect(run.stdout, failures(run)).toContain(
     `vitest-environment-netns: 2 of 2 test files run in their own namespaces (${mode} mode, native launcher, outside attempts recorded, uplinks: ${mode === 'root' ? 'veth in the host namespace' : 'hub namespace'}`,
   )
+  // One file: said as a sentence ("1 of 1 test file run in their own namespaces" was printed once).
+  const one = await runFixture('diagnostics', { args: ['test/tmp.test.ts'] })
+  expect(one.stdout, failures(one)).toContain(`vitest-environment-netns: the 1 test file runs in its own namespaces (${mode} mode, native launcher`)
 })
