@@ -17,7 +17,8 @@ export interface UplinkHost {
   /**
    * Argument prefix that runs a command in the uplinks' outer namespace with
    * the privileges to configure it: `[]` as root; `nsenter -t <hub> -U -n
-   * --preserve-credentials` rootless. E.g. `execa(prefix[0] ?? 'ip', [...prefix.slice(1), 'ip', ...])`.
+   * --preserve-credentials --` rootless. E.g. `const [command, ...args] = [...enter, 'ip', '-br', 'link']`,
+   * then `execFileSync(command, args)`.
    */
   enter: string[]
 }
