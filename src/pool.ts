@@ -187,6 +187,8 @@ export class NetnsPoolWorker implements PoolWorker {
   private readonly setupFile: boolean
   /** Files of the request the current process runs: the attempts report names them. */
   private files: string[] = []
+  /** The attempts report of the last finished file, until it is printed. */
+  private reporting: Promise<void> | undefined
   /** Rootless uplinks: the hub every sandbox's user namespace is made a child of. */
   private hubPid: number | undefined
   private uplinkOff: string | undefined
@@ -253,9 +255,10 @@ export class NetnsPoolWorker implements PoolWorker {
       const message = verdict.pass
       annotateSharedPortHints(message)
       annotateHostTmpErrors(message, sameInBoth)
-      // At the end of each file, and before Vitest hears of it: what it tried to reach.
-      if (control && isResponse(message, 'testfileFinished')) void this.reportAttempts(control).then(() => this.onChildMessage(message))
-      else this.onChildMessage(message)
+      // At the end of each file: what it tried to reach. Asked while Vitest goes on (stop() waits for the
+      // answer before the launcher, which answers, is stopped), so no round trip is added to a file.
+      if (control && isResponse(message, 'testfileFinished')) this.reporting = this.reportAttempts(control, [...this.files])
+      this.onChildMessage(message)
     })
     child.on('error', (error) => this.events.emit('error', error))
     child.on('exit', (code, signal) => {
@@ -310,11 +313,11 @@ export class NetnsPoolWorker implements PoolWorker {
     child.once('exit', () => void session.release())
   }
 
-  private async reportAttempts(control: Duplex) {
+  private async reportAttempts(control: Duplex, finished: readonly string[]) {
     const attempts = await queryAttempts(control).catch(() => [])
     if (!attempts.length) return
     const root = this.options.project.config.root
-    const files = this.files.map((file) => relative(root, file)).join(', ') || 'a netns file'
+    const files = finished.map((file) => relative(root, file)).join(', ') || 'a netns file'
     this.options.project.vitest.logger.warn(
       `vitest-environment-netns: ${files} tried to reach outside destinations (all blocked): ${formatAttempts(attempts)}`,
     )
@@ -384,6 +387,7 @@ export class NetnsPoolWorker implements PoolWorker {
   }
 
   private async terminate(child: ChildProcess) {
+    await this.reporting // the launcher answers the last attempts query: it stays until it has
     const exited = new Promise<void>((resolvePromise) => {
       if (child.exitCode !== null || child.signalCode !== null) resolvePromise()
       else child.once('exit', () => resolvePromise())
