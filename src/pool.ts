@@ -25,6 +25,8 @@ import { launchCommand, withSharedPorts, type LaunchPlan } from './launcher.js'
 import { ModuleGuard } from './module-guard.js'
 import { SandboxPaths } from './sandbox-paths.js'
 import { annotateSharedPortHints, sharedPorts } from './shared-ports.js'
+import { HostListeners } from './listen-host.js'
+import { isListenMessage } from './listen-protocol.js'
 import { annotateHostTmpErrors } from './tmp-hint.js'
 import { uplinkDaemon, UplinkSession, type UplinkMode } from './uplink-host.js'
 import { MAX_REQUEST_LINE, parseUplinkRequest, splitLines, type UplinkEnvelope } from './uplink-protocol.js'
@@ -246,7 +248,10 @@ export class NetnsPoolWorker implements PoolWorker {
     const child = spawn(file, [...args, process.execPath, ...this.execArgv, this.entrypoint], { env, stdio, serialization: 'advanced' })
     if (uplink && child.pid) this.serveUplink(child, uplink, (child.stdio as unknown as Duplex[])[UPLINK_FD]!)
     const control = this.launch.controlFd ? (child.stdio[this.launch.controlFd] as Duplex) : undefined
+    const listeners = new HostListeners(child)
     child.on('message', (received) => {
+      // netns.listen(): answered here, never seen by Vitest.
+      if (isListenMessage(received)) return listeners.handle(received)
       const verdict = this.guard.fromWorker(received)
       if ('answer' in verdict) {
         if (verdict.answer && child.connected) child.send(verdict.answer)
