@@ -14,6 +14,7 @@ import { spawn } from 'node:child_process'
 import { createServer } from 'node:net'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { serveBenchConnection } from './echo-server.mjs'
 import { fmt, median, parseArgs, table } from './lib.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -26,35 +27,7 @@ const args = parseArgs(process.argv.slice(2), {
   limits: { mib: [1, 1024], pings: [10, 100000], rounds: [1, 50] },
 })
 
-// One server: "T<bytes>\n" sends that many bytes; "E\n" echoes every byte after it.
-const block = Buffer.alloc(1 << 20, 7)
-const server = createServer((socket) => {
-  socket.setNoDelay(true)
-  let head = ''
-  const onData = (chunk) => {
-    head += chunk.toString('latin1')
-    const nl = head.indexOf('\n')
-    if (nl < 0) return
-    socket.off('data', onData)
-    const rest = head.slice(nl + 1)
-    if (head[0] === 'T') {
-      let left = Math.min(Number(head.slice(1, nl)), 1 << 30)
-      const pump = () => {
-        while (left > 0) {
-          const n = Math.min(left, block.length)
-          left -= n
-          if (!socket.write(n === block.length ? block : block.subarray(0, n))) return void socket.once('drain', pump)
-        }
-      }
-      pump()
-    } else {
-      socket.on('data', (d) => socket.write(d))
-      if (rest) socket.write(rest)
-    }
-  }
-  socket.on('data', onData)
-  socket.on('error', () => {})
-})
+const server = createServer(serveBenchConnection)
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
 const port = server.address().port
 

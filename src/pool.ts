@@ -25,6 +25,8 @@ import { launchCommand, withSharedPorts, type LaunchPlan } from './launcher.js'
 import { ModuleGuard } from './module-guard.js'
 import { SandboxPaths } from './sandbox-paths.js'
 import { annotateSharedPortHints, sharedPorts } from './shared-ports.js'
+import { HostListeners } from './listen-host.js'
+import { isListenMessage } from './listen-protocol.js'
 import { annotateHostTmpErrors } from './tmp-hint.js'
 import { uplinkDaemon, UplinkSession, type UplinkMode } from './uplink-host.js'
 import { MAX_REQUEST_LINE, parseUplinkRequest, splitLines, type UplinkEnvelope } from './uplink-protocol.js'
@@ -187,6 +189,8 @@ export class NetnsPoolWorker implements PoolWorker {
   private readonly setupFile: boolean
   /** Files of the request the current process runs: the attempts report names them. */
   private files: string[] = []
+  /** The attempts report of the last finished file, until it is printed. */
+  private reporting: Promise<void> | undefined
   /** Rootless uplinks: the hub every sandbox's user namespace is made a child of. */
   private hubPid: number | undefined
   private uplinkOff: string | undefined
@@ -244,7 +248,10 @@ export class NetnsPoolWorker implements PoolWorker {
     const child = spawn(file, [...args, process.execPath, ...this.execArgv, this.entrypoint], { env, stdio, serialization: 'advanced' })
     if (uplink && child.pid) this.serveUplink(child, uplink, (child.stdio as unknown as Duplex[])[UPLINK_FD]!)
     const control = this.launch.controlFd ? (child.stdio[this.launch.controlFd] as Duplex) : undefined
+    const listeners = new HostListeners(child)
     child.on('message', (received) => {
+      // netns.listen(): answered here, never seen by Vitest.
+      if (isListenMessage(received)) return listeners.handle(received)
       const verdict = this.guard.fromWorker(received)
       if ('answer' in verdict) {
         if (verdict.answer && child.connected) child.send(verdict.answer)
@@ -253,9 +260,10 @@ export class NetnsPoolWorker implements PoolWorker {
       const message = verdict.pass
       annotateSharedPortHints(message)
       annotateHostTmpErrors(message, sameInBoth)
-      // At the end of each file, and before Vitest hears of it: what it tried to reach.
-      if (control && isResponse(message, 'testfileFinished')) void this.reportAttempts(control).then(() => this.onChildMessage(message))
-      else this.onChildMessage(message)
+      // At the end of each file: what it tried to reach. Asked while Vitest goes on (stop() waits for the
+      // answer before the launcher, which answers, is stopped), so no round trip is added to a file.
+      if (control && isResponse(message, 'testfileFinished')) this.reporting = this.reportAttempts(control, [...this.files])
+      this.onChildMessage(message)
     })
     child.on('error', (error) => this.events.emit('error', error))
     child.on('exit', (code, signal) => {
@@ -310,11 +318,11 @@ export class NetnsPoolWorker implements PoolWorker {
     child.once('exit', () => void session.release())
   }
 
-  private async reportAttempts(control: Duplex) {
+  private async reportAttempts(control: Duplex, finished: readonly string[]) {
     const attempts = await queryAttempts(control).catch(() => [])
     if (!attempts.length) return
     const root = this.options.project.config.root
-    const files = this.files.map((file) => relative(root, file)).join(', ') || 'a netns file'
+    const files = finished.map((file) => relative(root, file)).join(', ') || 'a netns file'
     this.options.project.vitest.logger.warn(
       `vitest-environment-netns: ${files} tried to reach outside destinations (all blocked): ${formatAttempts(attempts)}`,
     )
@@ -384,6 +392,7 @@ export class NetnsPoolWorker implements PoolWorker {
   }
 
   private async terminate(child: ChildProcess) {
+    await this.reporting // the launcher answers the last attempts query: it stays until it has
     const exited = new Promise<void>((resolvePromise) => {
       if (child.exitCode !== null || child.signalCode !== null) resolvePromise()
       else child.once('exit', () => resolvePromise())

@@ -7,6 +7,7 @@ import { sandboxFromEnv, type NetnsSandbox } from './sandbox.js'
 import { noteUplink, type UplinkFacts } from './hints.js'
 import { mask, parseAddress, parseCidr } from './ipv4.js'
 import { attachUplink, egressRules, type Uplink, type UplinkOptions } from './uplink.js'
+import { listen, type Listener, type ListenOptions } from './listen.js'
 import type { EgressRule } from './uplink-protocol.js'
 
 export interface NetnsFixture extends NetnsSandbox {
@@ -14,6 +15,13 @@ export interface NetnsFixture extends NetnsSandbox {
   recording: string
   /** Outside destinations this file's processes tried so far (blocked), with packet counts. */
   attempts(): Promise<Attempt[]>
+  /**
+   * A socket listening on the host's loopback (made outside the sandbox and
+   * handed in): `server.listen(listener)` serves the host's clients at
+   * `listener.host:listener.port`, while this file stays offline. Closed when
+   * the test ends. `{ protocol: 'udp' }` gives a bound datagram socket.
+   */
+  listen(options?: ListenOptions): Promise<Listener>
 }
 
 export interface NetnsFixtures {
@@ -63,7 +71,18 @@ export const test = base.extend<NetnsFixtures>({
           "with netns({ sandbox: 'all' }), in any file.",
       )
     }
-    await use({ ...sandbox, recording: recordingState(), attempts: async () => (await readAttempts()) ?? [] })
+    // This test's own (concurrent tests have theirs): closed when it ends, pass or fail, so the host ports are free again.
+    const listeners = new Set<Listener>()
+    const listenHere = async (options?: ListenOptions) => {
+      const listener = await listen(options)
+      listeners.add(listener)
+      return listener
+    }
+    try {
+      await use({ ...sandbox, recording: recordingState(), attempts: async () => (await readAttempts()) ?? [], listen: listenHere })
+    } finally {
+      for (const listener of listeners) listener.close()
+    }
   },
   // eslint-disable-next-line no-empty-pattern
   uplinkOptions: async ({}, use) => {
@@ -86,4 +105,5 @@ export const it = test
 export { describe, expect, vi, beforeAll, afterAll, beforeEach, afterEach } from 'vitest'
 export type { NetnsSandbox } from './sandbox.js'
 export type { Attempt } from './attempts.js'
+export type { Listener, ListenOptions } from './listen.js'
 export type { Uplink, UplinkOptions, Endpoint, ForwardOptions, HostServiceOptions } from './uplink.js'
