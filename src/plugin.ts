@@ -9,7 +9,7 @@ import type { TestProject, TestSpecification, Vitest } from 'vitest/node'
 import { NetnsConfigError, resolveOptions, type NetnsOptions, type ResolvedNetnsOptions } from './config.js'
 import { unsupportedMessage } from './diagnostics.js'
 import { pruneRuns } from './keep-tmp.js'
-import { SHELL_COST } from './launcher-binary.js'
+import { COMPILER_FIX, SHELL_COST } from './launcher-binary.js'
 import { findTool, LauncherUnavailableError, nodePrefix, packageRoot, pathsToKeep, planLauncher, probe, type LaunchPlan, type ProbeResult } from './launcher.js'
 import { cidrSize, formatCidr, overlaps, parseCidr } from './ipv4.js'
 import { createNetnsPool, ENVIRONMENT_NAME, POOL_NAME, type ProjectPlan } from './pool.js'
@@ -106,7 +106,7 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
 function planSharing(options: ResolvedNetnsOptions, launch: LaunchPlan, result: ProbeResult): void {
   const unavailable =
     launch.kind === 'shell'
-      ? "shared host ports need the native launcher, and this run uses the shell launcher: build it (a C compiler, then npm rebuild vitest-environment-netns) and use launcher: 'auto' or 'native'."
+      ? `shared host ports need the native launcher, and this run uses the shell launcher${launch.why ? ` (${launch.why})` : ''}: use launcher: 'auto' or 'native'${launch.why ? `, and ${COMPILER_FIX}` : ''}.`
       : result.sharing === 'on'
         ? undefined
         : `${result.sharing.replace(/^unavailable: /, '')} (shared host ports use seccomp user notification; see vitest-netns doctor).`
