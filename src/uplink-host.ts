@@ -18,9 +18,10 @@
 // /30's index in the IPv4 space) and host ports (bound sockets) are unique by
 // kernel rules, which is the lock between two runs at once.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { readlinkSync } from 'node:fs'
+import { readlinkSync, realpathSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { COMPILER_FIX, nativeLauncher } from './launcher-binary.js'
+import { findTool } from './launcher.js'
 import { formatAddress, formatCidr, parseCidr, type Cidr } from './ipv4.js'
 import { routedInHub } from './routes.js'
 import { startEgressHelper } from './uplink-egress.js'
@@ -381,7 +382,9 @@ export async function tryUplink(mode: UplinkMode, options: ResolvedUplinkOptions
   } catch (error) {
     return { step: 'helper', detail: (error as Error).message.replace(/^vitest-environment-netns: /, '') }
   }
-  const args = mode === 'rootless' ? ['--hub', String(daemon.hubPid), '--', 'sleep', '10'] : ['--', 'sleep', '10']
+  // sleep by its real path: PATH may name directories under the host's /tmp, which the sandbox does not see.
+  const sleep = realpathSync(findTool('sleep') ?? '/bin/sleep')
+  const args = mode === 'rootless' ? ['--hub', String(daemon.hubPid), '--', sleep, '10'] : ['--', sleep, '10']
   const sandbox = spawn(nativeLauncher().path!, args, { stdio: 'ignore' }) // there: the helper started
   try {
     // The launcher unshares at once; the sandbox is ready when its network namespace is no longer ours.
