@@ -212,9 +212,10 @@ async function benchVitest(args, deadline) {
 async function benchRaw(args, deadline) {
   const K = args.iterations
   const { resolveOptions } = await import('../dist/config.js')
-  const { planLauncher, nativeLauncherPath } = await import('../dist/launcher.js')
+  const { planLauncher } = await import('../dist/launcher.js')
+  const nativeLauncherPath = (await import('../dist/launcher-binary.js')).nativeLauncher().path
   const plans = []
-  if (existsSync(nativeLauncherPath)) {
+  if (nativeLauncherPath) {
     const plan = planLauncher(resolveOptions({ launcher: 'native' }), [])
     plans.push(['native launcher', plan])
     // The same launcher with every optional per-start step off (attempt recording), when the defaults turn one on.
@@ -225,7 +226,7 @@ async function benchRaw(args, deadline) {
     // As root, the default keeps root's file capabilities (--file-caps); 'none' is the other choice, and what older builds run.
     const none = planLauncher(resolveOptions({ launcher: 'native', rootCapabilities: 'none' }), [])
     if (none.prefix.join(' ') !== plan.prefix.join(' ')) plans.push(["native launcher, rootCapabilities 'none'", none])
-  } else console.log(`  (no native launcher at ${nativeLauncherPath}: skipped)`)
+  } else console.log('  (no native launcher: skipped)')
   const other = args['compare-launcher']
   if (other) {
     // The same command lines, another build of the launcher.

@@ -32,9 +32,10 @@ export interface NetnsOptions {
   /** Mount the private /tmp noexec. Default `false`. */
   tmpNoexec?: boolean
   /**
-   * How workers are started: `'native'` (the small C launcher built at install),
-   * `'shell'` (util-linux `unshare`, `ip`, `mount`, `setpriv`: slower), or
-   * `'auto'` (native when it was built). Default `'auto'`.
+   * How workers are started: `'native'` (the small C launcher: shipped prebuilt for
+   * linux-x64 and linux-arm64, else built from source at first use), `'shell'`
+   * (util-linux `unshare`, `ip`, `mount`, `setpriv`: slower), or `'auto'` (native
+   * when there is one). Default `'auto'`.
    */
   launcher?: 'auto' | 'native' | 'shell'
   /**

@@ -90,7 +90,7 @@ export function explainProbeFailure(result: ProbeResult): Explanation {
   if (result.step === 'exec' || /ENOENT|not found/.test(result.output)) {
     return {
       cause: `the launcher could not be started: ${sentence(result.output)}`,
-      fix: "reinstall the package ('npm rebuild vitest-environment-netns') so the native launcher is built, or install util-linux and iproute2.",
+      fix: 'reinstall the package (its launcher may have lost its executable bit, or sit on a noexec mount), or install util-linux and iproute2.',
     }
   }
   if (container && (result.step === 'mount' || result.step === 'tmp' || result.step === 'etc' || result.step === 'proc_sys' || result.step === 'sys')) {

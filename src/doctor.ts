@@ -6,7 +6,8 @@ import { explainProbeFailure } from './diagnostics.js'
 import { formatCidr, overlaps, parseCidr } from './ipv4.js'
 import { hostNetworks } from './routes.js'
 import { tryUplink } from './uplink-host.js'
-import { findTool, nativeLauncherPath, planLauncher, probe, LauncherUnavailableError, type ProbeResult } from './launcher.js'
+import { findTool, planLauncher, probe, LauncherUnavailableError, type ProbeResult } from './launcher.js'
+import { nativeLauncher, SHELL_COST } from './launcher-binary.js'
 
 export type Status = 'ok' | 'missing' | 'blocked' | 'not reached' | 'info'
 
@@ -138,12 +139,16 @@ export async function runDoctor(): Promise<DoctorReport> {
   let ok = false
   let recording = 'off'
   let sharing = 'off'
+  let kind: 'native' | 'shell' | undefined
+  const native = nativeLauncher()
+  const compilerFix = `${install(family, 'compiler')}: the next run builds the launcher`
   try {
     const plan = planLauncher(options, [])
+    kind = plan.kind
     checks.push(
       plan.kind === 'native'
-        ? { feature: 'launcher', status: 'ok', detail: `native: ${nativeLauncherPath}` }
-        : { feature: 'launcher', status: 'info', detail: 'shell fallback (unshare, ip, mount, setpriv): much slower per file, no attempt recording', fix: `${install(family, 'compiler')}; then npm rebuild vitest-environment-netns` },
+        ? { feature: 'launcher', status: 'ok', detail: `native: ${plan.file} (${native.source === 'prebuilt' ? `prebuilt for linux-${process.arch}` : `built here from native/${native.why ? `: ${native.why}` : ''}`})` }
+        : { feature: 'launcher', status: 'info', detail: `shell fallback: ${plan.why}. Cost: ${SHELL_COST}`, fix: compilerFix },
     )
     const result = await probe(plan)
     checks.push(...setupChecks(result))
@@ -152,14 +157,17 @@ export async function runDoctor(): Promise<DoctorReport> {
     sharing = plan.kind === 'native' ? result.sharing : 'off'
   } catch (error) {
     if (!(error instanceof LauncherUnavailableError)) throw error
-    checks.push({ feature: 'launcher', status: 'missing', detail: error.message, fix: `${install(family, 'compiler')}; then npm rebuild vitest-environment-netns (or ${install(family, 'tools')})` })
+    checks.push({ feature: 'launcher', status: 'missing', detail: error.message, fix: `${compilerFix} (or ${install(family, 'tools')})` })
   }
+  // With the shell launcher nothing is recorded whatever nf_tables can do: the launcher row says why.
   checks.push(
     recording === 'on'
       ? { feature: 'outside attempts recorded (nf_tables)', status: 'ok', detail: 'counted and rejected in the kernel' }
-      : ok
-        ? { feature: 'outside attempts recorded (nf_tables)', status: 'missing', detail: recording, fix: 'load nf_tables and nft_reject_inet (sudo modprobe nft_reject_inet): a user namespace cannot load kernel modules' }
-        : { feature: 'outside attempts recorded (nf_tables)', status: 'not reached', detail: 'not tried: the sandbox cannot be set up' },
+      : ok && kind === 'shell'
+        ? { feature: 'outside attempts recorded (nf_tables)', status: 'not reached', detail: 'need the native launcher (see the launcher row)' }
+        : ok
+          ? { feature: 'outside attempts recorded (nf_tables)', status: 'missing', detail: recording, fix: 'load nf_tables and nft_reject_inet (sudo modprobe nft_reject_inet): a user namespace cannot load kernel modules' }
+          : { feature: 'outside attempts recorded (nf_tables)', status: 'not reached', detail: 'not tried: the sandbox cannot be set up' },
   )
   // Shared host ports (hostPorts, shareHostPort): optional, so a note when missing.
   checks.push(
@@ -167,14 +175,14 @@ export async function runDoctor(): Promise<DoctorReport> {
       ? { feature: 'shared host ports (seccomp user notification)', status: 'ok', detail: 'tried: works' }
       : ok && sharing !== 'off'
         ? { feature: 'shared host ports (seccomp user notification)', status: 'info', detail: sharing, fix: 'hostPorts and shareHostPort need Linux 5.14 or later, with seccomp user notification allowed (not blocked by a container profile)' }
-        : { feature: 'shared host ports (seccomp user notification)', status: 'not reached', detail: ok ? 'need the native launcher' : 'not tried: the sandbox cannot be set up' },
+        : { feature: 'shared host ports (seccomp user notification)', status: 'not reached', detail: ok ? 'need the native launcher (see the launcher row)' : 'not tried: the sandbox cannot be set up' },
   )
 
   // Uplinks: tried for real when the sandbox works (a helper of its own, one throwaway sandbox).
   // They are optional, so problems here are notes, not failures.
   const uplinkOptions = { pool: DEFAULT_UPLINK_POOL, egressVia: 'auto' as const }
-  if (!ok || !existsSync(nativeLauncherPath)) {
-    checks.push({ feature: 'uplinks', status: 'not reached', detail: ok ? 'need the native launcher' : 'not tried: the sandbox cannot be set up', ...(ok ? { fix: `${install(family, 'compiler')}; then npm rebuild vitest-environment-netns` } : {}) })
+  if (!ok || kind !== 'native') {
+    checks.push({ feature: 'uplinks', status: 'not reached', detail: ok ? 'need the native launcher (see the launcher row)' : 'not tried: the sandbox cannot be set up' })
   } else {
     const clash = hostNetworks().find((network) => overlaps(network, parseCidr(DEFAULT_UPLINK_POOL)!))
     const failure = await tryUplink(root ? 'root' : 'rootless', uplinkOptions)

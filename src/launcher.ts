@@ -2,18 +2,19 @@
 // setup done with syscalls) or, where it could not be built, a chain of
 // util-linux tools doing the same steps. Both take the same inputs and both
 // can be probed once up front, so a machine that cannot run them fails fast.
-import { spawn, spawnSync } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { accessSync, constants, realpathSync } from 'node:fs'
-import { dirname, join, resolve, sep } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { dirname, join, sep } from 'node:path'
 import type { ResolvedNetnsOptions } from './config.js'
 import type { HostPath } from './host-paths.js'
+import { COMPILER_FIX, nativeLauncher } from './launcher-binary.js'
 
-export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..')
-export const nativeLauncherPath = join(packageRoot, 'build', 'netns-launch')
+export { packageRoot } from './launcher-binary.js'
 
 export interface LaunchPlan {
   kind: 'native' | 'shell'
+  /** Shell launcher with launcher: 'auto': why the native one is not used. */
+  why?: string
   /** Spawn `file` with `[...prefix, program, ...args]`. */
   file: string
   prefix: string[]
@@ -157,26 +158,12 @@ exec unshare --user --map-user="$NETNS_UID" --map-group="$NETNS_GID" -- setpriv 
 
 export class LauncherUnavailableError extends Error {}
 
-/**
- * Builds the launcher now if the install step did not (npm may skip
- * dependencies' install scripts). Quiet: without a compiler the fallback is used.
- */
-function buildLauncherIfMissing(): void {
-  if (isExecutable(nativeLauncherPath)) return
-  spawnSync(process.execPath, [join(packageRoot, 'scripts', 'build-launcher.mjs'), '--quiet'], { stdio: 'ignore' })
-}
-
 export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): LaunchPlan {
-  if (options.launcher !== 'shell') buildLauncherIfMissing()
-  const useNative = options.launcher === 'native' || (options.launcher === 'auto' && isExecutable(nativeLauncherPath))
-  if (useNative) {
-    if (!isExecutable(nativeLauncherPath)) {
-      throw new LauncherUnavailableError(
-        `the native launcher ${nativeLauncherPath} was not built. Install a C compiler ` +
-          `(Debian/Ubuntu: apt-get install gcc libc6-dev) and run 'npm rebuild vitest-environment-netns', ` +
-          `or set launcher: 'auto'.`,
-      )
-    }
+  const native = options.launcher === 'shell' ? undefined : nativeLauncher()
+  if (options.launcher === 'native' && !native?.path) {
+    throw new LauncherUnavailableError(`launcher: 'native' is set, but ${native?.why ?? 'there is no native launcher'}. To fix: ${COMPILER_FIX}, or set launcher: 'auto'.`)
+  }
+  if (native?.path) {
     const prefix: string[] = []
     for (const path of keep) prefix.push('--keep', path)
     if (options.tmpSize) prefix.push('--tmp-size', options.tmpSize)
@@ -185,14 +172,14 @@ export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): Lau
     if (options.rootCapabilities === 'file' && process.getuid?.() === 0) prefix.push('--file-caps')
     if (options.recordAttempts) prefix.push('--record', '--control-fd', String(CONTROL_FD))
     prefix.push('--')
-    return { kind: 'native', file: nativeLauncherPath, prefix, controlFd: options.recordAttempts ? CONTROL_FD : undefined }
+    return { kind: 'native', file: native.path, prefix, controlFd: options.recordAttempts ? CONTROL_FD : undefined }
   }
+  const why = native?.why
   const missing = ['unshare', 'ip', 'mount', 'setpriv', 'bash'].filter((tool) => !findTool(tool))
   if (missing.length) {
     throw new LauncherUnavailableError(
-      `the native launcher was not built and the fallback needs ${missing.join(', ')}, which ${missing.length > 1 ? 'are' : 'is'} not on PATH. ` +
-        `Install a C compiler (Debian/Ubuntu: apt-get install gcc libc6-dev; then npm rebuild vitest-environment-netns), ` +
-        `or the tools (Debian/Ubuntu: apt-get install util-linux iproute2 bash).`,
+      `${why ?? "launcher: 'shell' is set"}, and the shell launcher needs ${missing.join(', ')}, which ${missing.length > 1 ? 'are' : 'is'} not on PATH. ` +
+        `To fix: ${why ? `${COMPILER_FIX}, or ` : ''}install the tools (Debian/Ubuntu: apt-get install util-linux iproute2 bash).`,
     )
   }
   const uid = process.getuid?.() ?? 0
@@ -209,6 +196,7 @@ export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): Lau
   // setpriv ties unshare to Vitest (pdeathsig survives the exec); --kill-child ties the sandbox to unshare.
   return {
     kind: 'shell',
+    why,
     file: findTool('setpriv')!,
     prefix: [
       '--pdeathsig', 'KILL', '--', findTool('unshare')!,

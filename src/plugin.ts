@@ -9,6 +9,7 @@ import type { TestProject, TestSpecification, Vitest } from 'vitest/node'
 import { NetnsConfigError, resolveOptions, type NetnsOptions, type ResolvedNetnsOptions } from './config.js'
 import { unsupportedMessage } from './diagnostics.js'
 import { pruneRuns } from './keep-tmp.js'
+import { COMPILER_FIX, SHELL_COST } from './launcher-binary.js'
 import { findTool, LauncherUnavailableError, nodePrefix, packageRoot, pathsToKeep, planLauncher, probe, type LaunchPlan, type ProbeResult } from './launcher.js'
 import { cidrSize, formatCidr, overlaps, parseCidr } from './ipv4.js'
 import { createNetnsPool, ENVIRONMENT_NAME, POOL_NAME, type ProjectPlan } from './pool.js'
@@ -73,10 +74,13 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
       planSharing(options, launch, result)
       const uplink = planUplink(options, mode, project.config.maxWorkers)
       if (launch.kind === 'shell' && options.recordAttempts) workerEnv.VITEST_NETNS_RECORDING = 'unavailable: the shell launcher does not record'
+      // Not native by choice (launcher: 'shell') or because none fits here: then why, and what it costs.
+      const launcher = launch.kind === 'native' ? 'native launcher' : launch.why ? `shell launcher (not native: ${launch.why}; ${SHELL_COST}; see npx vitest-environment-netns doctor)` : 'shell launcher'
+      const uplinks = !uplink ? 'off' : launch.kind === 'shell' ? 'unavailable (they need the native launcher)' : uplinkMechanism(mode, options)
       const recording = launch.kind === 'shell' ? 'not recorded (shell launcher)' : result.recording === 'on' ? 'recorded' : options.recordAttempts ? `not recorded (${result.recording})` : 'not recorded'
       return {
         plan: { launch, keep, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink, sandbox: options.sandbox, hostPaths: options.hostPaths },
-        summary: `${mode} mode, ${launch.kind} launcher, outside attempts ${recording}, uplinks: ${uplink ? uplinkMechanism(mode, options) : 'off'}` +
+        summary: `${mode} mode, ${launcher}, outside attempts ${recording}, uplinks: ${uplinks}` +
           (options.hostPorts.length ? `, shared host ports: ${options.hostPorts.join(', ')}` : ''),
       }
     }
@@ -103,7 +107,7 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
 function planSharing(options: ResolvedNetnsOptions, launch: LaunchPlan, result: ProbeResult): void {
   const unavailable =
     launch.kind === 'shell'
-      ? "shared host ports need the native launcher, and this run uses the shell launcher: build it (a C compiler, then npm rebuild vitest-environment-netns) and use launcher: 'auto' or 'native'."
+      ? `shared host ports need the native launcher, and this run uses the shell launcher${launch.why ? ` (${launch.why})` : ''}: use launcher: 'auto' or 'native'${launch.why ? `, and ${COMPILER_FIX}` : ''}.`
       : result.sharing === 'on'
         ? undefined
         : `${result.sharing.replace(/^unavailable: /, '')} (shared host ports use seccomp user notification; see npx vitest-environment-netns doctor).`

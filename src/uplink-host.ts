@@ -18,9 +18,10 @@
 // /30's index in the IPv4 space) and host ports (bound sockets) are unique by
 // kernel rules, which is the lock between two runs at once.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, readlinkSync } from 'node:fs'
+import { readlinkSync, realpathSync } from 'node:fs'
 import { createInterface } from 'node:readline'
-import { nativeLauncherPath } from './launcher.js'
+import { COMPILER_FIX, nativeLauncher } from './launcher-binary.js'
+import { findTool } from './launcher.js'
 import { formatAddress, formatCidr, parseCidr, type Cidr } from './ipv4.js'
 import { routedInHub } from './routes.js'
 import { startEgressHelper } from './uplink-egress.js'
@@ -80,13 +81,9 @@ export class UplinkDaemon {
   }
 
   static async start(mode: UplinkMode, options: ResolvedUplinkOptions): Promise<UplinkDaemon> {
-    if (!existsSync(nativeLauncherPath)) {
-      throw new UplinkError(
-        `uplinks need the native helper ${nativeLauncherPath}, which was not built. Install a C compiler ` +
-          '(Debian/Ubuntu: apt-get install gcc libc6-dev) and run npm rebuild vitest-environment-netns.',
-      )
-    }
-    const child = spawn(nativeLauncherPath, ['uplink', mode === 'root' ? '--root' : '--hub', '--pool', options.pool], {
+    const launcher = nativeLauncher().path
+    if (!launcher) throw new UplinkError(`uplinks need the native launcher, and ${nativeLauncher().why}. To fix: ${COMPILER_FIX}.`)
+    const child = spawn(launcher, ['uplink', mode === 'root' ? '--root' : '--hub', '--pool', options.pool], {
       stdio: ['pipe', 'pipe', 'pipe'],
     })
     let stderr = ''
@@ -95,7 +92,7 @@ export class UplinkDaemon {
     const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
     const spawnError = new Promise<never>((_, reject) => child.once('error', reject))
     const first = await Promise.race([lines.next(), spawnError]).catch((error: Error) => {
-      throw new UplinkError(`cannot start the uplink helper ${nativeLauncherPath}: ${error.message}`)
+      throw new UplinkError(`cannot start the uplink helper ${launcher}: ${error.message}`)
     })
     const line = first.done ? '' : first.value
     const ready = /^ready (\d+)$/.exec(line)
@@ -385,8 +382,10 @@ export async function tryUplink(mode: UplinkMode, options: ResolvedUplinkOptions
   } catch (error) {
     return { step: 'helper', detail: (error as Error).message.replace(/^vitest-environment-netns: /, '') }
   }
-  const args = mode === 'rootless' ? ['--hub', String(daemon.hubPid), '--', 'sleep', '10'] : ['--', 'sleep', '10']
-  const sandbox = spawn(nativeLauncherPath, args, { stdio: 'ignore' })
+  // sleep by its real path: PATH may name directories under the host's /tmp, which the sandbox does not see.
+  const sleep = realpathSync(findTool('sleep') ?? '/bin/sleep')
+  const args = mode === 'rootless' ? ['--hub', String(daemon.hubPid), '--', sleep, '10'] : ['--', sleep, '10']
+  const sandbox = spawn(nativeLauncher().path!, args, { stdio: 'ignore' }) // there: the helper started
   try {
     // The launcher unshares at once; the sandbox is ready when its network namespace is no longer ours.
     const own = readlinkSync('/proc/self/ns/net')
