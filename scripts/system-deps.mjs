@@ -72,12 +72,13 @@ const tools = missing.map((entry) => entry.tool).join(', ')
 const packages = packagesOf(missing)
 const command = `apt-get install ${packages.join(' ')}`
 const root = process.getuid?.() === 0
+const what = profile === 'test' ? 'npm test' : 'npm run example'
 
 if (!root) {
   const how = hasApt() ? `install them with: sudo ${command}` : `install them with your package manager (Debian/Ubuntu packages: ${packages.join(' ')})`
-  fail(`npm ${profile === 'test' ? 'test' : 'run example'} needs ${tools}, not installed: ${how}`)
+  fail(`${what} needs tools that are not installed (${tools}): ${how}`)
 }
-if (!hasApt()) fail(`npm ${profile === 'test' ? 'test' : 'run example'} needs ${tools}, not installed, and there is no apt-get here: install them with your package manager (Debian/Ubuntu packages: ${packages.join(' ')})`)
+if (!hasApt()) fail(`${what} needs tools that are not installed (${tools}), and there is no apt-get here: install them with your package manager (Debian/Ubuntu packages: ${packages.join(' ')})`)
 
 function apt(args) {
   // Another apt-get may be running (unattended upgrades, a first boot): wait for its lock rather than fail.
