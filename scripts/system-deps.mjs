@@ -82,11 +82,15 @@ if (!hasApt()) fail(`${what} needs tools that are not installed (${tools}), and 
 
 function apt(args) {
   // Another apt-get may be running (unattended upgrades, a first boot): wait for its lock rather than fail.
+  // dpkg's progress (a few hundred lines) is shown only when the install fails; apt's errors always.
   const result = spawnSync('apt-get', ['-o', 'DPkg::Lock::Timeout=300', ...args], {
-    stdio: ['ignore', 'inherit', 'inherit'],
+    stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+    encoding: 'utf8',
+    maxBuffer: 64 * 1024 * 1024,
     timeout: 900_000,
   })
+  if (result.status !== 0) console.error(`${(result.stdout ?? '').trim().split('\n').slice(-30).join('\n')}\n${result.error?.message ?? ''}`.trim())
   return result.status === 0
 }
 
