@@ -83,6 +83,12 @@ export interface NetnsOptions {
    * with no capability at all. No effect for other users. Default `'file'`.
    */
   rootCapabilities?: 'file' | 'none'
+  /**
+   * Whether tests may ask for sockets listening on the host's loopback with
+   * `netns.listen()` (the pool makes them and hands them in). `false` refuses
+   * every such request. Default `true`.
+   */
+  listen?: boolean
 }
 
 export interface ResolvedNetnsOptions {
@@ -99,6 +105,7 @@ export interface ResolvedNetnsOptions {
   hostPorts: number[]
   hostPaths: HostPath[]
   rootCapabilities: 'file' | 'none'
+  listen: boolean
 }
 
 export class NetnsConfigError extends Error {
@@ -108,7 +115,7 @@ export class NetnsConfigError extends Error {
   }
 }
 
-const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher', 'recordAttempts', 'strict', 'keepTmp', 'keepTmpDir', 'uplink', 'sandbox', 'hostPorts', 'hostPaths', 'rootCapabilities'] as const
+const KEYS = ['onUnsupported', 'tmpSize', 'tmpNoexec', 'launcher', 'recordAttempts', 'strict', 'keepTmp', 'keepTmpDir', 'uplink', 'sandbox', 'hostPorts', 'hostPaths', 'rootCapabilities', 'listen'] as const
 export const DEFAULT_UPLINK_POOL = '10.200.0.0/16'
 
 function oneOf<T extends string>(key: string, value: unknown, allowed: readonly T[], fallback: T): T {
@@ -201,7 +208,7 @@ export function resolveOptions(options: unknown): ResolvedNetnsOptions {
       throw new NetnsConfigError(`unknown option '${key}'. Known options: ${KEYS.join(', ')} (see docs/configuration.md).`)
     }
   }
-  for (const key of ['tmpNoexec', 'recordAttempts', 'strict'] as const) {
+  for (const key of ['tmpNoexec', 'recordAttempts', 'strict', 'listen'] as const) {
     if (record[key] !== undefined && typeof record[key] !== 'boolean') {
       throw new NetnsConfigError(`option '${key}' must be true or false; got ${JSON.stringify(record[key])}.`)
     }
@@ -228,5 +235,6 @@ export function resolveOptions(options: unknown): ResolvedNetnsOptions {
     hostPorts: resolveHostPorts(record.hostPorts),
     hostPaths: resolveHostPaths(record.hostPaths),
     rootCapabilities: oneOf('rootCapabilities', record.rootCapabilities, ['file', 'none'], 'file'),
+    listen: record.listen !== false,
   }
 }

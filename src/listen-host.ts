@@ -20,7 +20,11 @@ interface RawHandle {
 export class HostListeners {
   private made = 0
 
-  constructor(private readonly child: ChildProcess) {}
+  /** @param enabled false: the project turned netns.listen() off (netns({ listen: false })); every request is refused. */
+  constructor(
+    private readonly child: ChildProcess,
+    private readonly enabled: boolean,
+  ) {}
 
   /** Answers a netns.listen() message from the worker (never passed on to Vitest). */
   handle(message: Record<string, unknown>): void {
@@ -31,6 +35,9 @@ export class HostListeners {
       return
     }
     const { request } = parsed
+    if (!this.enabled) {
+      return this.reply({ [LISTEN_KEY]: 'listening', id: request.id, error: 'vitest-environment-netns: netns.listen() is off in this project (netns({ listen: false })): the host has no socket for it. Remove that option to allow it.' })
+    }
     if (this.made >= MAX_LISTENERS_PER_WORKER) {
       return this.reply({ [LISTEN_KEY]: 'listening', id: request.id, error: `vitest-environment-netns: netns.listen(): a file may ask for at most ${MAX_LISTENERS_PER_WORKER} listeners.` })
     }

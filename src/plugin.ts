@@ -79,7 +79,7 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
       const uplinks = !uplink ? 'off' : launch.kind === 'shell' ? 'unavailable (they need the native launcher)' : uplinkMechanism(mode, options)
       const recording = launch.kind === 'shell' ? 'not recorded (shell launcher)' : result.recording === 'on' ? 'recorded' : options.recordAttempts ? `not recorded (${result.recording})` : 'not recorded'
       return {
-        plan: { launch, keep, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink, sandbox: options.sandbox, hostPaths: options.hostPaths },
+        plan: { launch, keep, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink, sandbox: options.sandbox, hostPaths: options.hostPaths, listen: options.listen },
         summary: `${mode} mode, ${launcher}, outside attempts ${recording}, uplinks: ${uplinks}` +
           (options.hostPorts.length ? `, shared host ports: ${options.hostPorts.join(', ')}` : ''),
       }

@@ -89,6 +89,8 @@ export interface ProjectPlan {
   uplink?: { mode: UplinkMode; options: ResolvedUplinkOptions }
   /** Which files get namespaces: those of environment `netns`, or all of them (each in its own environment). */
   sandbox: 'netns' | 'all'
+  /** Whether netns.listen() requests are served (the listen option). */
+  listen?: boolean
 }
 
 type Task = Parameters<NonNullable<PoolWorker['canReuse']>>[0]
@@ -248,7 +250,7 @@ export class NetnsPoolWorker implements PoolWorker {
     const child = spawn(file, [...args, process.execPath, ...this.execArgv, this.entrypoint], { env, stdio, serialization: 'advanced' })
     if (uplink && child.pid) this.serveUplink(child, uplink, (child.stdio as unknown as Duplex[])[UPLINK_FD]!)
     const control = this.launch.controlFd ? (child.stdio[this.launch.controlFd] as Duplex) : undefined
-    const listeners = new HostListeners(child)
+    const listeners = new HostListeners(child, this.plan.listen !== false)
     child.on('message', (received) => {
       // netns.listen(): answered here, never seen by Vitest.
       if (isListenMessage(received)) return listeners.handle(received)

@@ -35,6 +35,7 @@ describe('bad plugin options fail when the config loads, naming the option', () 
     ['an uplink pool that does not parse', { uplink: { pool: '10.200.0.0' + '/33' } }],
     ['an unknown uplink option', { uplink: { size: 4 } }],
     ['uplink.egressVia not a helper', { uplink: { egressVia: 'vpn' } }],
+    ['listen not a boolean', { listen: 'yes' }],
   ])('%s', async (_what, options) => {
     let expected = ''
     try {

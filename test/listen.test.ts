@@ -49,4 +49,10 @@ describe.each(['native', 'shell'] as const)('netns.listen with the %s launcher',
     await new Promise<void>((resolve, reject) => (udp.once('error', reject), udp.bind(result.records['udp-port'] as number, '127.0.0.1', resolve)))
     udp.close()
   })
+
+  test('netns({ listen: false }) refuses every request, the fixture\'s and a hand-made one', async () => {
+    const result = await runFixture('listen', { env: { NETNS_LAUNCHER: launcher, LISTEN_OFF: '1' } })
+    expect(result.code, failures(result)).toBe(0)
+    expect(result.report?.numPassedTests).toBe(2)
+  })
 })
