@@ -5,7 +5,7 @@
 // outer namespace's uplink interfaces and rules, the victim's interfaces),
 // and legitimate requests still work, on the same channel and in the victim.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, readlinkSync, renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { expect, test } from 'vitest'
@@ -37,7 +37,9 @@ async function inspect(recordDir: string): Promise<Inspection> {
     await waitFor('the victim to start', () => has('victim'), 60_000)
     const victim = read('victim')
     const pid = processesOfRun(recordDir).find((p) => p.net === victim.net)?.pid
-    writeFileSync(join(recordDir, 'victim-pid.json'), JSON.stringify({ pid }))
+    // Whole or not at all: the attacker polls for the file and reads it at once (it once read it empty).
+    writeFileSync(join(recordDir, 'victim-pid.json.tmp'), JSON.stringify({ pid }))
+    renameSync(join(recordDir, 'victim-pid.json.tmp'), join(recordDir, 'victim-pid.json'))
     await waitFor('the attacker to finish', () => has('attacked'), 60_000)
     const processes = processesOfRun(recordDir)
     const helper = processes.find((p) => p.comm === (root ? 'netns-uplink' : 'netns-hub'))!
