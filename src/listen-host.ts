@@ -31,15 +31,15 @@ export class HostListeners {
     const parsed = parseListenRequest(message)
     if ('error' in parsed) {
       // A request without an id cannot be answered: the worker never sends one.
-      if (parsed.id !== undefined) this.reply({ [LISTEN_KEY]: 'listening', id: parsed.id, error: parsed.error })
+      if (parsed.id !== undefined) this.send({ [LISTEN_KEY]: 'listening', id: parsed.id, error: parsed.error })
       return
     }
     const { request } = parsed
     if (!this.enabled) {
-      return this.reply({ [LISTEN_KEY]: 'listening', id: request.id, error: 'vitest-environment-netns: netns.listen() is off in this project (netns({ listen: false })): the host has no socket for it. Remove that option to allow it.' })
+      return this.send({ [LISTEN_KEY]: 'listening', id: request.id, error: 'vitest-environment-netns: netns.listen() is off in this project (netns({ listen: false })): the host has no socket for it. Remove that option to allow it.' })
     }
     if (this.made >= MAX_LISTENERS_PER_WORKER) {
-      return this.reply({ [LISTEN_KEY]: 'listening', id: request.id, error: `vitest-environment-netns: netns.listen(): a file may ask for at most ${MAX_LISTENERS_PER_WORKER} listeners.` })
+      return this.send({ [LISTEN_KEY]: 'listening', id: request.id, error: `vitest-environment-netns: netns.listen(): a file may ask for at most ${MAX_LISTENERS_PER_WORKER} listeners.` })
     }
     this.made++
     if (request.protocol === 'tcp') this.listenTcp(request)
@@ -48,40 +48,36 @@ export class HostListeners {
 
   private listenTcp(request: ListenRequest) {
     const server: Server = createServer()
-    server.once('error', (error) => this.reply({ [LISTEN_KEY]: 'listening', id: request.id, error: bindError(error, request) }))
+    server.once('error', (error) => this.send({ [LISTEN_KEY]: 'listening', id: request.id, error: bindError(error, request) }))
     server.listen({ host: request.host, port: request.port, exclusive: true }, () => {
       const handle = (server as unknown as { _handle: RawHandle })._handle
       // A connection our copy accepts before it is closed belongs to the worker: it gets it as it is.
       handle.onconnection = (status, client) => {
-        if (status === 0 && client) this.deliver({ [LISTEN_KEY]: 'connection', id: request.id }, client, () => client.close())
+        if (status === 0 && client) this.send({ [LISTEN_KEY]: 'connection', id: request.id }, client, () => client.close())
       }
       const { port } = server.address() as AddressInfo
-      this.reply({ [LISTEN_KEY]: 'listening', id: request.id, host: request.host, port }, handle, () => server.close())
+      this.send({ [LISTEN_KEY]: 'listening', id: request.id, host: request.host, port }, handle, () => server.close())
     })
   }
 
   private bindUdp(request: ListenRequest) {
     const socket: UdpSocket = createSocket({ type: request.host === '::1' ? 'udp6' : 'udp4' })
     socket.once('error', (error) => {
-      this.reply({ [LISTEN_KEY]: 'listening', id: request.id, error: bindError(error, request) })
+      this.send({ [LISTEN_KEY]: 'listening', id: request.id, error: bindError(error, request) })
       socket.close()
     })
     // Datagrams our copy reads before it is closed are passed on, not lost.
     socket.on('message', (data, from) => {
-      this.deliver({ [LISTEN_KEY]: 'datagram', id: request.id, data: new Uint8Array(data), from: { address: from.address, port: from.port, family: from.family } })
+      this.send({ [LISTEN_KEY]: 'datagram', id: request.id, data: new Uint8Array(data), from: { address: from.address, port: from.port, family: from.family } })
     })
     socket.bind({ address: request.host, port: request.port, exclusive: true }, () => {
       const { port } = socket.address()
-      this.reply({ [LISTEN_KEY]: 'listening', id: request.id, host: request.host, port }, socket, () => socket.close())
+      this.send({ [LISTEN_KEY]: 'listening', id: request.id, host: request.host, port }, socket, () => socket.close())
     })
   }
 
-  private reply(reply: ListenReply, handle?: RawHandle | UdpSocket, done?: () => void) {
-    this.deliver(reply, handle, done)
-  }
-
   /** Sends `message` (with `handle`), then runs `done`, which closes our copy; a gone worker just gets nothing. */
-  private deliver(message: ListenReply | ListenDelivery, handle?: RawHandle | UdpSocket, done?: () => void) {
+  private send(message: ListenReply | ListenDelivery, handle?: RawHandle | UdpSocket, done?: () => void) {
     if (!this.child.connected) return done?.()
     try {
       this.child.send(message, handle as never, () => done?.())
