@@ -10,7 +10,7 @@
  * attempts socket (VITEST_NETNS_FD, made here) only. Everything else the
  * caller left open is closed first thing, before any namespace exists.
  *
- *   netns-launch [--hub PID] [--keep PATH]... [--share[-ro] PATH]... [--tmp-size BYTES] [--noexec] [--file-caps] [--record [--control-fd N]] [--share-ports P,...] [--probe] -- PROGRAM [ARG]...
+ *   netns-launch [--hub PID] [--keep PATH]... [--share[-ro] PATH]... [--tmp-size BYTES] [--noexec] [--file-caps] [--record [--control-fd N]] [--share-ports P,...] [--guard] [--handover-fd N] [--probe] -- PROGRAM [ARG]...
  *   netns-launch uplink ...   (the uplink daemon, see uplink.c)
  *
  * --record counts and rejects traffic to outside addresses in the kernel
@@ -45,6 +45,17 @@
  * socket factory (forked before unshare, so in the host's network namespace,
  * the relay's child) and a seccomp filter on connect() in the program, which
  * init then answers. Without it none of that exists.
+ *
+ * --guard: the same connect filter (and init answering it) with nothing
+ * shared, for sandboxes that may be handed host sockets (netns.listen()):
+ * a connect() on one of those is refused (EISCONN), so it can never be
+ * turned into a new connection in the host's namespace.
+ *
+ * --handover-fd N (rootless uplinks): a socket from the caller that only
+ * init keeps. The pool names each uplink host service on it ("service
+ * GATEWAY PORT HOST_PORT", "clear"); a TCP connect to GATEWAY:PORT then gets
+ * a host socket connected to 127.0.0.1:HOST_PORT, as shared ports do,
+ * instead of the hub's relay. Implies the filter and the socket factory.
  *
  * Errors before the program starts are printed as one line
  *   netns-launch: <step>: <errno name>: <message>
@@ -91,8 +102,8 @@
 #endif
 /* Highest descriptor number accepted from the environment (the kernel's default fs.nr_open). */
 #define MAX_FD_NUMBER 1048575
-/* 0-2, Vitest's IPC channel, the uplink channel, --control-fd. */
-#define MAX_KEPT_FDS 6
+/* 0-2, Vitest's IPC channel, the uplink channel, --control-fd, --handover-fd. */
+#define MAX_KEPT_FDS 7
 
 #ifndef PR_CAP_AMBIENT
 #define PR_CAP_AMBIENT 47
@@ -106,6 +117,10 @@ static const char *step = "start";
 /* --share-ports: TCP ports of the host's loopback the sandbox reaches (share.c). */
 static unsigned short share_ports[SHARE_MAX_PORTS];
 static int share_count;
+/* --guard: the connect filter even with nothing shared (host sockets handed in: netns.listen()). */
+static int guard;
+/* --handover-fd N: the pool names the uplink host services to hand over (rootless); init's alone. */
+static int handover_fd = -1;
 static const char *keep_paths[MAX_KEEP];
 static int keep_count;
 /* --share / --share-ro: host paths under /tmp every sandbox sees at the same path. */
@@ -598,7 +613,7 @@ static int env_fd(const char *name) {
  * Vitest would otherwise reach the test and every program it starts.
  */
 static void close_inherited_fds(int control) {
-  int keep[MAX_KEPT_FDS] = {0, 1, 2, control, env_fd("NODE_CHANNEL_FD"), env_fd("VITEST_NETNS_UPLINK_FD")};
+  int keep[MAX_KEPT_FDS] = {0, 1, 2, control, env_fd("NODE_CHANNEL_FD"), env_fd("VITEST_NETNS_UPLINK_FD"), handover_fd};
   close_all_but(keep, MAX_KEPT_FDS);
   /* Ours to set (run_init), and only when there is such a socket. */
   unsetenv("VITEST_NETNS_FD");
@@ -704,8 +719,12 @@ static pid_t fork_program(pid_t pid) {
   return fork();
 }
 
-/* pid 1 of the new PID namespace. Never returns. `factory`: shared ports' socket factory, or -1. */
-static void run_init(char **argv, uid_t uid, int file_caps, int status_fd, int relay_alive, int worker_ctl, pid_t program_pid, int factory) {
+/*
+ * pid 1 of the new PID namespace. Never returns. `supervised`: the program
+ * runs under the connect filter, answered here; `factory`: the host socket
+ * factory (shared ports, host services), or -1.
+ */
+static void run_init(char **argv, uid_t uid, int file_caps, int status_fd, int relay_alive, int worker_ctl, pid_t program_pid, int supervised, int factory) {
   prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   /* The relay may have been killed before PDEATHSIG was armed. */
   struct pollfd pfd = {relay_alive, POLLIN, 0};
@@ -719,15 +738,14 @@ static void run_init(char **argv, uid_t uid, int file_caps, int status_fd, int r
   /* Shared ports: the program sends its connect filter's listener back over this. */
   int share_pair[2] = {-1, -1};
   step = "share";
-  if (factory >= 0 && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, share_pair) < 0) die("socketpair");
+  if (supervised && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, share_pair) < 0) die("socketpair");
   pid_t child = fork_program(program_pid);
   if (child < 0) die("fork");
   if (child == 0) {
     close(status_fd);
-    if (factory >= 0) {
-      close(factory);
-      close(share_pair[0]);
-    }
+    if (factory >= 0) close(factory);
+    if (handover_fd >= 0) close(handover_fd);
+    if (supervised) close(share_pair[0]);
     reset_signals();
     if (worker_ctl >= 0) {
       char fd[16];
@@ -737,22 +755,22 @@ static void run_init(char **argv, uid_t uid, int file_caps, int status_fd, int r
     }
     drop_privileges(uid, file_caps);
     /* After no_new_privs (seccomp needs it unprivileged), before exec: the whole tree is filtered. */
-    if (factory >= 0) share_install_filter(share_pair[1]);
+    if (supervised) share_install_filter(share_pair[1]);
     execvp(argv[0], argv);
     step = "exec";
     die(argv[0]);
   }
   forward_to = child;
   int listener = -1;
-  if (factory >= 0) {
+  if (supervised) {
     close(share_pair[1]);
     listener = share_receive_listener(share_pair[0]); /* -1: the program failed before exec */
     close(share_pair[0]);
   }
-  int keep[3] = {status_fd, listener, factory};
-  detach_fds(keep, 3);
+  int keep[4] = {status_fd, listener, factory, handover_fd};
+  detach_fds(keep, 4);
   if (listener >= 0) {
-    int status = share_supervise(listener, factory, share_ports, share_count, child);
+    int status = share_supervise(listener, factory, share_ports, share_count, handover_fd, child);
     if (write(status_fd, &status, sizeof status) < 0) { /* relay gone: nothing to tell */ }
     _exit(0);
   }
@@ -842,7 +860,7 @@ static int run_relay(pid_t init, int status_fd, int alive_fd, int ctl, int contr
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: netns-launch [--hub PID] [--keep /tmp/PATH]... [--share[-ro] /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--file-caps] [--record [--control-fd N]] [--share-ports P,...] [--probe] -- PROGRAM [ARG]...\n"
+  fprintf(stderr, "usage: netns-launch [--hub PID] [--keep /tmp/PATH]... [--share[-ro] /tmp/PATH]... [--tmp-size SIZE] [--noexec] [--file-caps] [--record [--control-fd N]] [--share-ports P,...] [--guard] [--handover-fd N] [--probe] -- PROGRAM [ARG]...\n"
                   "       netns-launch uplink (--root | --hub) --pool A.B.C.D/N [--state-dir DIR]\n");
   _exit(2);
 }
@@ -901,6 +919,14 @@ int main(int argc, char **argv) {
       long v = strtol(n, &end, 10);
       if (*n < '0' || *n > '9' || *end || v < 3 || v > MAX_FD_NUMBER) usage();
       control = (int)v;
+    } else if (strcmp(argv[i], "--handover-fd") == 0 && i + 1 < argc) {
+      const char *n = argv[++i];
+      char *end;
+      long v = strtol(n, &end, 10);
+      if (*n < '0' || *n > '9' || *end || v < 3 || v > MAX_FD_NUMBER) usage();
+      handover_fd = (int)v;
+    } else if (strcmp(argv[i], "--guard") == 0) {
+      guard = 1;
     } else if (strcmp(argv[i], "--share-ports") == 0 && i + 1 < argc) {
       share_count = share_parse_ports(argv[++i], share_ports);
       if (share_count < 0) usage();
@@ -913,7 +939,13 @@ int main(int argc, char **argv) {
     }
   }
   if (!probe && i >= argc) usage();
+  if (handover_fd >= 0 && handover_fd == control) usage();
   close_inherited_fds(control);
+  /* Only init keeps the hand-over channel: not the relay, not the program. */
+  if (handover_fd >= 0 && fcntl(handover_fd, F_SETFD, FD_CLOEXEC) < 0) {
+    step = "descriptors";
+    die("--handover-fd is not an open descriptor");
+  }
   /* Only the relay keeps the control socket: not init, not the program. */
   if (control >= 0 && fcntl(control, F_SETFD, FD_CLOEXEC) < 0) {
     step = "descriptors";
@@ -942,7 +974,7 @@ int main(int argc, char **argv) {
 
   /* Made before the network namespace: its sockets are the host's. */
   int factory = -1;
-  if (share_count > 0) {
+  if (share_count > 0 || handover_fd >= 0) {
     step = "share";
     if ((factory = share_start_factory()) < 0) die("socket factory");
   }
@@ -989,9 +1021,10 @@ int main(int argc, char **argv) {
       _exit(0);
     }
     if (ctl[0] >= 0) close(ctl[0]);
-    run_init(argv + i, uid, file_caps, status_pipe[1], alive_pipe[0], ctl[1], relay, factory);
+    run_init(argv + i, uid, file_caps, status_pipe[1], alive_pipe[0], ctl[1], relay, guard || factory >= 0, factory);
   }
   if (factory >= 0) close(factory); /* init's alone */
+  if (handover_fd >= 0) close(handover_fd);
   close(status_pipe[1]);
   close(alive_pipe[0]);
   if (ctl[1] >= 0) close(ctl[1]);

@@ -28,12 +28,14 @@
  * Only used when ports are shared: otherwise none of this runs.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -60,6 +62,12 @@
 #ifndef SECCOMP_ADDFD_FLAG_SETFD
 #define SECCOMP_ADDFD_FLAG_SETFD (1UL << 0)
 #endif
+
+/* The low 32 bits of a syscall argument (both architectures are little-endian): flags are ints. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the connect filter reads argument words as little-endian"
+#endif
+#define ARG_LOW(n) (offsetof(struct seccomp_data, args) + 8 * (n))
 
 #if defined(__x86_64__)
 #define SHARE_ARCH AUDIT_ARCH_X86_64
@@ -189,6 +197,21 @@ static int install_filter(void) {
     BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
     BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
     BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+    /*
+     * TCP Fast Open connects from sendto/sendmsg (MSG_FASTOPEN), without
+     * connect(): on a host socket whose connection ended (TCP_CLOSE again,
+     * or a handed-in listener after shutdown()), that would open a new
+     * connection in the host's namespace. Refused for every socket.
+     */
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendto, 3, 0),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmmsg, 2, 0),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmsg, 3, 0),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LOW(3)), /* sendto, sendmmsg: flags */
+    BPF_JUMP(BPF_JMP | BPF_JA | BPF_K, 1, 0, 0),
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LOW(2)), /* sendmsg: flags */
+    BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, MSG_FASTOPEN, 0, 1),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EOPNOTSUPP),
     BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
   };
   struct sock_fprog prog = {sizeof code / sizeof code[0], code};
@@ -283,6 +306,7 @@ static struct {
   int listener, factory;
   const unsigned short *ports;
   int nports;
+  int handover;              /* the pool's hand-over channel (uplink host services), or -1 */
   unsigned long long cookie; /* the sandbox's network namespace */
   int own_proc;              /* /proc is the sandbox's (pids in notifications name its files) */
   struct pending pending[MAX_PENDING];
@@ -307,6 +331,21 @@ static void respond(__u64 id, int error) {
   resp.error = error ? -error : 0;
   resp.val = 0;
   if (ioctl(sv.listener, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0) { /* interrupted or dead: it will ask again or not at all */ }
+}
+
+/* An uplink's host service, told by the pool over the hand-over channel: gateway:port -> 127.0.0.1:host_port. */
+struct service {
+  uint32_t gateway; /* network order */
+  unsigned short port, host_port;
+};
+
+static struct service services[SHARE_MAX_SERVICES];
+static int nservices;
+
+static const struct service *mapped_service(uint32_t gateway, unsigned port) {
+  for (int i = 0; i < nservices; i++)
+    if (services[i].gateway == gateway && services[i].port == port) return &services[i];
+  return NULL;
 }
 
 static int shared_port(unsigned port) {
@@ -352,21 +391,30 @@ static void v6_loopback(struct sockaddr_storage *ss, socklen_t *len, unsigned sh
 static int shared_destination(const struct sockaddr_storage *addr, socklen_t len, int domain, struct pending *p) {
   int v4;
   unsigned short port_be;
+  uint32_t v4_addr = 0; /* network order, when v4 */
   if (domain == AF_INET && addr->ss_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
     const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
-    if (a->sin_addr.s_addr != htonl(INADDR_LOOPBACK)) return 0;
     v4 = 1;
+    v4_addr = a->sin_addr.s_addr;
     port_be = a->sin_port;
   } else if (domain == AF_INET6 && addr->ss_family == AF_INET6 && len >= 24 /* SIN6_LEN_RFC2133 */) {
     const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
-    static const unsigned char mapped[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1};
-    if (IN6_IS_ADDR_LOOPBACK(&a->sin6_addr)) v4 = 0;
-    else if (memcmp(&a->sin6_addr, mapped, 16) == 0) v4 = 1;
-    else return 0;
+    static const unsigned char mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    v4 = memcmp(&a->sin6_addr, mapped_prefix, 12) == 0;
+    if (v4) memcpy(&v4_addr, &a->sin6_addr.s6_addr[12], 4);
+    else if (!IN6_IS_ADDR_LOOPBACK(&a->sin6_addr)) return 0;
     port_be = a->sin6_port;
   } else {
     return 0;
   }
+  /* An uplink's host service (rootless): the gateway's port is the host's loopback port it serves. */
+  const struct service *service = v4 ? mapped_service(v4_addr, ntohs(port_be)) : NULL;
+  if (service) {
+    p->count = 1;
+    v4_loopback(&p->cand[0], &p->cand_len[0], domain, htons(service->host_port));
+    return 1;
+  }
+  if (v4 && v4_addr != htonl(INADDR_LOOPBACK)) return 0;
   if (!shared_port(ntohs(port_be))) return 0;
   p->count = 2;
   if (v4) {
@@ -634,7 +682,146 @@ static unsigned long long own_cookie(void) {
   return cookie;
 }
 
-int share_supervise(int listener, int factory, const unsigned short *ports, int nports, pid_t child) {
+/* Plain decimal 1..65535, the whole token. */
+static int parse_port(const char *s) {
+  if (*s < '1' || *s > '9' || strlen(s) > 5) return -1;
+  for (const char *c = s; *c; c++)
+    if (*c < '0' || *c > '9') return -1;
+  long v = strtol(s, NULL, 10);
+  return v <= 65535 ? (int)v : -1;
+}
+
+/* Whether a host socket is connected to one of the services (not a shared port): then it came from the hand-over. */
+static int service_connection(int fd) {
+  struct sockaddr_storage peer;
+  socklen_t len = sizeof peer;
+  if (getpeername(fd, (struct sockaddr *)&peer, &len) < 0) return 0;
+  unsigned port;
+  if (peer.ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)&peer;
+    if (a->sin_addr.s_addr != htonl(INADDR_LOOPBACK)) return 0;
+    port = ntohs(a->sin_port);
+  } else if (peer.ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&peer;
+    static const unsigned char mapped[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1};
+    if (memcmp(&a->sin6_addr, mapped, 16) != 0) return 0;
+    port = ntohs(a->sin6_port);
+  } else {
+    return 0;
+  }
+  if (shared_port(port)) return 0;
+  for (int i = 0; i < nservices; i++)
+    if (services[i].host_port == port) return 1;
+  return 0;
+}
+
+/*
+ * The test's uplink goes down: connections it made to its host services are
+ * cut, as the hub's relay cuts its own, so a later test of the file is
+ * offline again. They are found in every process of the sandbox (its /proc)
+ * and shut down through a copy: shutdown() acts on the socket, not the copy.
+ */
+static void cut_service_connections(void) {
+  if (!sv.own_proc || nservices == 0) return;
+  DIR *proc = opendir("/proc");
+  if (!proc) return;
+  static unsigned long seen[4096];
+  int nseen = 0;
+  struct dirent *p;
+  while ((p = readdir(proc))) {
+    char *end;
+    long pid = strtol(p->d_name, &end, 10);
+    if (*end || pid <= 1) continue;
+    int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+    if (pidfd < 0) continue;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/fd", pid);
+    DIR *fds = opendir(path);
+    struct dirent *f;
+    while (fds && (f = readdir(fds))) {
+      long fd = strtol(f->d_name, &end, 10);
+      char link[64], target[64];
+      if (*end || fd < 0) continue;
+      snprintf(link, sizeof link, "/proc/%ld/fd/%ld", pid, fd);
+      ssize_t n = readlink(link, target, sizeof target - 1);
+      if (n <= 8) continue;
+      target[n] = '\0';
+      if (strncmp(target, "socket:[", 8) != 0) continue;
+      unsigned long inode = strtoul(target + 8, NULL, 10);
+      int known = 0;
+      for (int i = 0; i < nseen && !known; i++) known = seen[i] == inode;
+      if (known) continue;
+      if (nseen < (int)(sizeof seen / sizeof seen[0])) seen[nseen++] = inode;
+      int copy = (int)syscall(SYS_pidfd_getfd, pidfd, (int)fd, 0);
+      if (copy < 0) continue;
+      unsigned long long cookie = 0;
+      socklen_t cookie_len = sizeof cookie;
+      if (getsockopt(copy, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &cookie_len) == 0 && cookie != sv.cookie && service_connection(copy))
+        shutdown(copy, SHUT_RDWR);
+      close(copy);
+    }
+    if (fds) closedir(fds);
+    close(pidfd);
+  }
+  closedir(proc);
+}
+
+/*
+ * One line from the pool on the hand-over channel:
+ *   "service A.B.C.D PORT HOST_PORT"  a connect to A.B.C.D:PORT gets a host socket connected to 127.0.0.1:HOST_PORT
+ *   "clear"                            no services any more (the test's uplink is down)
+ * Returns the answer ("ok" or "error <why>").
+ */
+static const char *handover_command(char *line) {
+  char *words[5];
+  int n = 0;
+  for (char *save = NULL, *w = strtok_r(line, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
+    if (n == 5) return "error too many words";
+    words[n++] = w;
+  }
+  if (n == 1 && strcmp(words[0], "clear") == 0) {
+    cut_service_connections();
+    nservices = 0;
+    return "ok";
+  }
+  if (n != 4 || strcmp(words[0], "service") != 0) return "error unknown command";
+  struct in_addr gateway;
+  int port = parse_port(words[2]), host_port = parse_port(words[3]);
+  if (inet_pton(AF_INET, words[1], &gateway) != 1 || port < 0 || host_port < 0) return "error bad service";
+  for (int i = 0; i < nservices; i++)
+    if (services[i].gateway == gateway.s_addr && services[i].port == port) {
+      services[i].host_port = (unsigned short)host_port;
+      return "ok";
+    }
+  if (nservices == SHARE_MAX_SERVICES) return "error too many services";
+  services[nservices++] = (struct service){gateway.s_addr, (unsigned short)port, (unsigned short)host_port};
+  return "ok";
+}
+
+/* Reads what the pool sent; answers each whole line. Returns 0 once the channel is closed or broken. */
+static int handover_read(void) {
+  static char buf[256];
+  static size_t len;
+  ssize_t n = read(sv.handover, buf + len, sizeof buf - len);
+  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return 1;
+  if (n <= 0) return 0;
+  len += (size_t)n;
+  char *nl;
+  while ((nl = memchr(buf, '\n', len))) {
+    *nl = '\0';
+    char answer[64];
+    int alen = snprintf(answer, sizeof answer, "%s\n", handover_command(buf));
+    if (write(sv.handover, answer, (size_t)alen) != alen) return 0;
+    len -= (size_t)(nl + 1 - buf);
+    memmove(buf, nl + 1, len);
+  }
+  /* A line longer than any command: the other side is not the pool we know. */
+  return len < sizeof buf;
+}
+
+int share_supervise(int listener, int factory, const unsigned short *ports, int nports, int handover, pid_t child) {
+  sv.handover = handover;
+  if (handover >= 0) fcntl(handover, F_SETFL, O_NONBLOCK);
   sv.listener = listener;
   sv.factory = factory;
   sv.ports = ports;
@@ -648,7 +835,7 @@ int share_supervise(int listener, int factory, const unsigned short *ports, int 
   sa.sa_handler = on_chld;
   sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
   sigaction(SIGCHLD, &sa, NULL);
-  static struct pollfd fds[2 + MAX_PENDING];
+  static struct pollfd fds[3 + MAX_PENDING];
   for (;;) {
     int status;
     pid_t pid;
@@ -658,18 +845,25 @@ int share_supervise(int listener, int factory, const unsigned short *ports, int 
     fds[0] = (struct pollfd){chld_pipe[0], POLLIN, 0};
     /* All slots busy: later connects wait in the kernel until one frees. */
     fds[1] = (struct pollfd){sv.npending < MAX_PENDING ? sv.listener : -1, POLLIN, 0};
-    for (int i = 0; i < sv.npending; i++) fds[2 + i] = (struct pollfd){sv.pending[i].fd, POLLOUT, 0};
+    fds[2] = (struct pollfd){sv.handover, POLLIN, 0};
+    for (int i = 0; i < sv.npending; i++) fds[3 + i] = (struct pollfd){sv.pending[i].fd, POLLOUT, 0};
     /* With connects in flight, wake now and then to drop those whose target is gone. */
-    if (poll(fds, 2 + sv.npending, sv.npending ? 1000 : -1) < 0) continue;
+    if (poll(fds, 3 + sv.npending, sv.npending ? 1000 : -1) < 0) continue;
     if (fds[0].revents) {
       char drain[64];
       while (read(chld_pipe[0], drain, sizeof drain) > 0) {}
+    }
+    /* The pool gone (or misbehaving): no services any more, and nothing more to hear. */
+    if (fds[2].revents && !handover_read()) {
+      close(sv.handover);
+      sv.handover = -1;
+      nservices = 0;
     }
     /* Finished connects first: they free their slots. */
     for (int i = sv.npending - 1; i >= 0; i--) {
       struct pending *p = &sv.pending[i];
       int keep = 1;
-      if (fds[2 + i].revents) keep = finish(p);
+      if (fds[3 + i].revents) keep = finish(p);
       else if (!id_valid(p->id)) {
         close(p->fd);
         keep = 0;

@@ -6,6 +6,8 @@
 #define NETNS_SHARE_H
 
 #define SHARE_MAX_PORTS 64
+/* Uplink host services one sandbox may have at once (the hand-over channel). */
+#define SHARE_MAX_SERVICES 64
 
 /* Parses "p1,p2,..." (1..65535, no duplicates). Returns the count, or -1. */
 int share_parse_ports(const char *list, unsigned short *ports);
@@ -32,10 +34,13 @@ int share_receive_listener(int from);
 int share_check_kernel(const char **why);
 
 /*
- * The supervisor's loop (init's, when ports are shared): answers connect()
- * notifications from `listener` and reaps children until `child` exits.
+ * The supervisor's loop (init's, whenever the program runs under the connect
+ * filter): answers connect() notifications from `listener` and reaps
+ * children until `child` exits. `factory` (or -1: no host sockets are made),
+ * `ports`: shared host ports. `handover` (or -1): the pool's channel naming
+ * the uplink host services to hand over (rootless), one line each way.
  * Returns child's wait status.
  */
-int share_supervise(int listener, int factory, const unsigned short *ports, int nports, pid_t child);
+int share_supervise(int listener, int factory, const unsigned short *ports, int nports, int handover, pid_t child);
 
 #endif

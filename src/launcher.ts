@@ -206,12 +206,24 @@ export function planLauncher(options: ResolvedNetnsOptions, keep: string[]): Lau
   }
 }
 
-/** The launcher's arguments with the ports shared now (native launcher only; none: unchanged). */
-export function withSharedPorts(command: { file: string; args: string[] }, ports: number[]): { file: string; args: string[] } {
-  if (!ports.length) return command
+/**
+ * The native launcher's arguments with what this worker's init supervises:
+ * the ports shared now, the connect filter for handed-in host sockets
+ * (`guard`, netns.listen()), and the hand-over channel's descriptor (rootless
+ * uplink host services). Nothing asked: unchanged.
+ */
+export function withSupervision(
+  command: { file: string; args: string[] },
+  supervision: { ports: readonly number[]; guard: boolean; handoverFd?: number },
+): { file: string; args: string[] } {
+  const flags: string[] = []
+  if (supervision.ports.length) flags.push('--share-ports', supervision.ports.join(','))
+  if (supervision.guard) flags.push('--guard')
+  if (supervision.handoverFd !== undefined) flags.push('--handover-fd', String(supervision.handoverFd))
+  if (!flags.length) return command
   const at = command.args.indexOf('--')
   const args = [...command.args]
-  args.splice(at < 0 ? 0 : at, 0, '--share-ports', ports.join(','))
+  args.splice(at < 0 ? 0 : at, 0, ...flags)
   return { file: command.file, args }
 }
 

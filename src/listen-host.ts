@@ -20,10 +20,10 @@ interface RawHandle {
 export class HostListeners {
   private made = 0
 
-  /** @param enabled false: the project turned netns.listen() off (netns({ listen: false })); every request is refused. */
+  /** @param refusal why every request is refused (listen: false, or no connect filter here); undefined: served. */
   constructor(
     private readonly child: ChildProcess,
-    private readonly enabled: boolean,
+    private readonly refusal: string | undefined,
   ) {}
 
   /** Answers a netns.listen() message from the worker (never passed on to Vitest). */
@@ -35,8 +35,8 @@ export class HostListeners {
       return
     }
     const { request } = parsed
-    if (!this.enabled) {
-      return this.send({ [LISTEN_KEY]: 'listening', id: request.id, error: 'vitest-environment-netns: netns.listen() is off in this project (netns({ listen: false })): the host has no socket for it. Remove that option to allow it.' })
+    if (this.refusal !== undefined) {
+      return this.send({ [LISTEN_KEY]: 'listening', id: request.id, error: this.refusal })
     }
     if (this.made >= MAX_LISTENERS_PER_WORKER) {
       return this.send({ [LISTEN_KEY]: 'listening', id: request.id, error: `vitest-environment-netns: netns.listen(): a file may ask for at most ${MAX_LISTENERS_PER_WORKER} listeners.` })

@@ -73,13 +73,16 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
     if (result.ok) {
       planSharing(options, launch, result)
       const uplink = planUplink(options, mode, project.config.maxWorkers)
+      // Init can answer the sandbox's connects (seccomp user notification): what makes handed-in host sockets safe.
+      const supervisable = launch.kind === 'native' && result.sharing === 'on'
+      const listenRefusal = listenRefusalFor(options, launch, result)
       if (launch.kind === 'shell' && options.recordAttempts) workerEnv.VITEST_NETNS_RECORDING = 'unavailable: the shell launcher does not record'
       // Not native by choice (launcher: 'shell') or because none fits here: then why, and what it costs.
       const launcher = launch.kind === 'native' ? 'native launcher' : launch.why ? `shell launcher (not native: ${launch.why}; ${SHELL_COST}; see npx vitest-environment-netns doctor)` : 'shell launcher'
-      const uplinks = !uplink ? 'off' : launch.kind === 'shell' ? 'unavailable (they need the native launcher)' : uplinkMechanism(mode, options)
+      const uplinks = !uplink ? 'off' : launch.kind === 'shell' ? 'unavailable (they need the native launcher)' : uplinkMechanism(mode, options, supervisable ? undefined : handoverUnavailable(result))
       const recording = launch.kind === 'shell' ? 'not recorded (shell launcher)' : result.recording === 'on' ? 'recorded' : options.recordAttempts ? `not recorded (${result.recording})` : 'not recorded'
       return {
-        plan: { launch, keep, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink, sandbox: options.sandbox, hostPaths: options.hostPaths, listen: options.listen },
+        plan: { launch, keep, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink, sandbox: options.sandbox, hostPaths: options.hostPaths, listenRefusal, guard: listenRefusal === undefined, handover: supervisable && uplink?.mode === 'rootless' },
         summary: `${mode} mode, ${launcher}, outside attempts ${recording}, uplinks: ${uplinks}` +
           (options.hostPorts.length ? `, shared host ports: ${options.hostPorts.join(', ')}` : ''),
       }
@@ -143,15 +146,40 @@ function planUplink(options: ResolvedNetnsOptions, mode: 'root' | 'rootless', ma
   return { mode, options: options.uplink }
 }
 
-/** What a per-test uplink goes through here. */
-function uplinkMechanism(mode: 'root' | 'rootless', options: ResolvedNetnsOptions): string {
+/**
+ * Why netns.listen() is refused in this project, or undefined. A listener is a
+ * socket of the host's network namespace: only a sandbox whose init answers
+ * its connect() calls (the connect filter) may hold one, or the test could
+ * disconnect it and connect it anywhere the host reaches.
+ */
+function listenRefusalFor(options: ResolvedNetnsOptions, launch: LaunchPlan, result: ProbeResult): string | undefined {
+  if (!options.listen) return 'vitest-environment-netns: netns.listen() is off in this project (netns({ listen: false })): the host has no socket for it. Remove that option to allow it.'
+  if (launch.kind === 'shell') {
+    return `vitest-environment-netns: netns.listen() needs the native launcher, and this run uses the shell launcher${launch.why ? ` (${launch.why})` : ''}: a listener is a host socket, and only the native launcher's connect filter keeps a test from connecting it anew. Use launcher: 'auto' or 'native'${launch.why ? `, and ${COMPILER_FIX}` : ''}.`
+  }
+  if (result.sharing !== 'on') {
+    return `vitest-environment-netns: netns.listen() needs seccomp user notification, which is unavailable here (${result.sharing.replace(/^unavailable: /, '')}): a listener is a host socket, and only the connect filter keeps a test from connecting it anew. See npx vitest-environment-netns doctor.`
+  }
+  return undefined
+}
+
+/** Why rootless host services cannot be handed over here (the relay carries them). */
+function handoverUnavailable(result: ProbeResult): string {
+  return result.sharing.replace(/^unavailable: /, '')
+}
+
+/** What a per-test uplink goes through here. `noHandover`: why host sockets cannot be handed over (rootless). */
+function uplinkMechanism(mode: 'root' | 'rootless', options: ResolvedNetnsOptions, noHandover?: string): string {
   if (mode === 'root') return 'veth in the host namespace, kernel NAT'
   const via = options.uplink ? options.uplink.egressVia : 'none'
   const helper = via === 'none' ? undefined : via !== 'slirp4netns' && findTool('pasta') ? 'pasta' : via !== 'pasta' && findTool('slirp4netns') ? 'slirp4netns' : undefined
   // When egress past the machine cannot work here, the first test that asks for it is told why (uplink-host.ts
   // attach) and doctor has a row for it: a run that never asks is not told to install anything.
   const egress = helper && !tunProblem() ? `; egress past this machine via ${helper}` : via === 'none' ? '; egress past this machine off' : ''
-  return `hub namespace, host services and forwards relayed by the hub${egress}`
+  const services = noHandover === undefined
+    ? 'TCP host services handed over as host sockets, forwards relayed by the hub'
+    : `host services and forwards relayed by the hub (no socket hand-over: ${noHandover})`
+  return `hub namespace, ${services}${egress}`
 }
 
 /** The environment a file will run in, as Vitest decides it (getSpecificationsOptions): a docblock first, then the project's config. */

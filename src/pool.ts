@@ -21,7 +21,8 @@ import {
 import { formatAttempts, queryAttempts } from './attempts.js'
 import type { ResolvedUplinkOptions } from './config.js'
 import { hostPathsToBind, type HostPath } from './host-paths.js'
-import { launchCommand, withSharedPorts, type LaunchPlan } from './launcher.js'
+import { HANDOVER_FD, HandoverChannel } from './handover.js'
+import { launchCommand, withSupervision, type LaunchPlan } from './launcher.js'
 import { ModuleGuard } from './module-guard.js'
 import { SandboxPaths } from './sandbox-paths.js'
 import { annotateSharedPortHints, sharedPorts } from './shared-ports.js'
@@ -89,8 +90,15 @@ export interface ProjectPlan {
   uplink?: { mode: UplinkMode; options: ResolvedUplinkOptions }
   /** Which files get namespaces: those of environment `netns`, or all of them (each in its own environment). */
   sandbox: 'netns' | 'all'
-  /** Whether netns.listen() requests are served (the listen option). */
-  listen?: boolean
+  /** Why netns.listen() requests are refused here (the listen option, or no connect filter); undefined: served. */
+  listenRefusal?: string
+  /**
+   * Every worker's init answers its connects (the launcher's --guard): host sockets handed in by netns.listen()
+   * can then never be connected anew. Set when listen is served: the native launcher, seccomp user notification.
+   */
+  guard?: boolean
+  /** Rootless uplinks: TCP host services are handed over as host sockets by init (--handover-fd), not relayed. */
+  handover?: boolean
 }
 
 type Task = Parameters<NonNullable<PoolWorker['canReuse']>>[0]
@@ -240,17 +248,25 @@ export class NetnsPoolWorker implements PoolWorker {
     // Read at each start: a global setup's shareHostPort()/shareHostPath() calls come after the plan was made;
     // shares made before a file starts hold for it.
     const shares = hostPathsToBind(this.plan.hostPaths ?? [])
-    const { file, args } = withSharedPorts(launchCommand(this.launch, this.hubPid, shares), this.launch.kind === 'native' ? sharedPorts() : [])
+    const native = this.launch.kind === 'native'
+    const handover = native && uplink?.mode === 'rootless' && this.plan.handover === true
+    const { file, args } = withSupervision(launchCommand(this.launch, this.hubPid, shares), {
+      ports: native ? sharedPorts() : [],
+      guard: native && this.plan.guard === true,
+      handoverFd: handover ? HANDOVER_FD : undefined,
+    })
     const sameInBoth = [...(this.plan.keep ?? []), ...shares.map((share) => share.path)]
     const stdio: ('pipe' | 'ipc' | 'ignore')[] = ['pipe', 'pipe', 'pipe', 'ipc']
     if (this.launch.controlFd || uplink) stdio.push(this.launch.controlFd ? 'pipe' : 'ignore')
     if (uplink) stdio.push('pipe')
+    if (handover) stdio.push('pipe')
     const off = this.uplinkOff ?? (this.plan.uplink ? undefined : 'the netns() plugin has uplink: false')
     const env = uplink ? { ...this.env, VITEST_NETNS_UPLINK_FD: String(UPLINK_FD) } : { ...this.env, VITEST_NETNS_UPLINK_OFF: off }
     const child = spawn(file, [...args, process.execPath, ...this.execArgv, this.entrypoint], { env, stdio, serialization: 'advanced' })
-    if (uplink && child.pid) this.serveUplink(child, uplink, (child.stdio as unknown as Duplex[])[UPLINK_FD]!)
+    const handoverChannel = handover ? new HandoverChannel((child.stdio as unknown as Duplex[])[HANDOVER_FD]!) : undefined
+    if (uplink && child.pid) this.serveUplink(child, uplink, (child.stdio as unknown as Duplex[])[UPLINK_FD]!, handoverChannel)
     const control = this.launch.controlFd ? (child.stdio[this.launch.controlFd] as Duplex) : undefined
-    const listeners = new HostListeners(child, this.plan.listen !== false)
+    const listeners = new HostListeners(child, this.plan.listenRefusal)
     child.on('message', (received) => {
       // netns.listen(): answered here, never seen by Vitest.
       if (isListenMessage(received)) return listeners.handle(received)
@@ -293,10 +309,10 @@ export class NetnsPoolWorker implements PoolWorker {
    * The worker runs the test's code: every line is checked (parseUplinkRequest) before anything is
    * done for it, and only the pool's own facts (the pid it spawned) name the sandbox to the helper.
    */
-  private serveUplink(child: ChildProcess, uplink: NonNullable<ProjectPlan['uplink']>, channel: Duplex) {
+  private serveUplink(child: ChildProcess, uplink: NonNullable<ProjectPlan['uplink']>, channel: Duplex, handover?: HandoverChannel) {
     const logger = this.options.project.vitest.logger
     // The run's helper: started with the run (plugin.ts), the same one for every worker (uplinkDaemon caches it).
-    const session = new UplinkSession(() => uplinkDaemon(uplink.mode, uplink.options), child.pid!, (message) => warnOnce(logger, message))
+    const session = new UplinkSession(() => uplinkDaemon(uplink.mode, uplink.options), child.pid!, (message) => warnOnce(logger, message), handover)
     // The worker's first message: the launcher has made the namespaces, so the pid is the sandbox's now.
     child.once('message', () => void session.register().catch(() => undefined))
     const answer = (envelope: UplinkEnvelope) => {

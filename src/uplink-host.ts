@@ -22,6 +22,7 @@ import { readlinkSync, realpathSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { COMPILER_FIX, nativeLauncher } from './launcher-binary.js'
 import { findTool } from './launcher.js'
+import type { HandoverChannel } from './handover.js'
 import { formatAddress, formatCidr, parseCidr, type Cidr } from './ipv4.js'
 import { routedInHub } from './routes.js'
 import { startEgressHelper } from './uplink-egress.js'
@@ -261,6 +262,12 @@ export class UplinkSession {
     /** The launcher the pool spawned: in the sandbox's namespaces once the worker runs. */
     private readonly pid: number,
     private readonly warn: (message: string) => void,
+    /**
+     * Rootless with the native launcher and seccomp user notification: the channel to the sandbox's init,
+     * which hands TCP connects to a host service a host socket (native/share.c). Without it, or when it
+     * fails, the hub's relay (set up for every host service either way) carries them.
+     */
+    private readonly handover?: HandoverChannel,
   ) {}
 
   /**
@@ -295,7 +302,11 @@ export class UplinkSession {
       case 'attach':
         return this.attach(daemon, sandbox, request.egress)
       case 'detach':
-        if (this.block && this.users > 0 && --this.users === 0) await daemon.command('detach', sandbox)
+        if (this.block && this.users > 0 && --this.users === 0) {
+          await daemon.command('detach', sandbox)
+          // The uplink is down: its host services are no longer handed over either (the relay's are gone too).
+          await this.handover?.clear().catch(() => undefined)
+        }
         return {}
       case 'forward': {
         this.attached()
@@ -306,6 +317,10 @@ export class UplinkSession {
         const { base } = this.attached()
         const inside = request.as ?? request.port
         await daemon.command('hostservice', sandbox, request.protocol, inside, request.port)
+        // Before the test hears back, so its first connect is already handed over. If init cannot take it, the relay serves.
+        if (daemon.mode === 'rootless' && request.protocol === 'tcp') {
+          await this.handover?.service(formatAddress(base + 1), inside, request.port).catch(() => undefined)
+        }
         return { host: formatAddress(base + 1), port: inside }
       }
     }

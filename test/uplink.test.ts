@@ -84,6 +84,12 @@ describe('the uplink fixture', () => {
     expect(hostService.set.reply).toBe('+OK')
     expect(hostService.get.reply).toBe('works')
     expect(hostService.aliasPing.reply).toBe('+PONG')
+    expect(hostService.cli).toBe('PONG')
+    // Root: kernel DNAT, the socket's peer is the gateway. Rootless: the socket hand-over gives the test a host
+    // socket connected to the service itself (native/share.c), not the hub's relay.
+    expect(hostService.peer).toEqual(root
+      ? { remoteAddress: hostService.uplink.gateway, remotePort: hostService.service.port }
+      : { remoteAddress: '127.0.0.1', remotePort: hostService.service.port })
     expect(hostService.alias.port).toBe(16379)
     expect(hostService.routes).toMatch(/^eth0\s+00000000\s/m)
     // The other Redis was not asked for: refused at once, through the gateway and on the sandbox's own loopback.
@@ -152,6 +158,9 @@ describe('the uplink fixture', () => {
     expect(result.code, failures(result)).toBe(0)
     expect(result.stdout).toMatch(/shell launcher/)
     expect(result.records.hostService.get.reply).toBe('works')
+    expect(result.records.hostService.cli).toBe('PONG')
+    // No connect filter without the native launcher: the hub's relay (or root's DNAT) carries it.
+    expect(result.records.hostService.peer.remoteAddress).toBe(result.records.hostService.uplink.gateway)
     expect(result.records.hostService.otherViaGateway.error).toBe('ECONNREFUSED')
     expect(result.records.afterHostService.viaGateway.reply).toBeUndefined()
   })
