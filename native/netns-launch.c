@@ -755,7 +755,7 @@ static void run_init(char **argv, uid_t uid, int file_caps, int status_fd, int r
     }
     drop_privileges(uid, file_caps);
     /* After no_new_privs (seccomp needs it unprivileged), before exec: the whole tree is filtered. */
-    if (supervised) share_install_filter(share_pair[1]);
+    if (supervised) share_install_filter(share_pair[1], handover_fd >= 0);
     execvp(argv[0], argv);
     step = "exec";
     die(argv[0]);

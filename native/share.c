@@ -182,7 +182,8 @@ static int factory_socket(int factory, int domain) {
 /* --- the filter --- */
 
 #ifdef SHARE_ARCH
-static int install_filter(void) {
+/* `with_bind`: bind() is answered by init too (forwards taken over at bind, rootless uplinks). */
+static int install_filter(int with_bind) {
   struct sock_filter code[] = {
     BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
     BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SHARE_ARCH, 1, 0),
@@ -194,6 +195,9 @@ static int install_filter(void) {
     BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
 #endif
     BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_connect, 0, 1),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+    /* Without bind notification the comparison never matches (-1 is no syscall number). */
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, with_bind ? __NR_bind : 0xffffffffu, 0, 1),
     BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
     BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
     BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
@@ -218,14 +222,15 @@ static int install_filter(void) {
   return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
 }
 #else
-static int install_filter(void) {
+static int install_filter(int with_bind) {
+  (void)with_bind;
   errno = ENOSYS;
   return -1;
 }
 #endif
 
-void share_install_filter(int to) {
-  int listener = install_filter();
+void share_install_filter(int to, int with_bind) {
+  int listener = install_filter(with_bind);
   if (listener < 0) {
     fprintf(stderr, "netns-launch: share: %s: cannot install the connect filter for shared ports: %s\n",
             errno == ENOSYS ? "ENOSYS" : errno == EINVAL ? "EINVAL" : "E?", strerror(errno));
@@ -271,7 +276,7 @@ int share_check_kernel(const char **why) {
     return e;
   }
   close(s);
-  int listener = install_filter();
+  int listener = install_filter(1);
   if (listener < 0) {
     *why = "seccomp user notification (Linux 5.0) on this architecture";
     return errno;
@@ -298,9 +303,15 @@ struct pending {
   int cloexec, nonblock, nodelay, keepalive, target_domain;
   int next, count; /* host: candidate addresses (the one asked for first) */
   int first_error;
+  int hold;        /* -1, or a copy of a taken-over server socket, held until the connect is answered (its port cannot change hands meanwhile) */
   struct sockaddr_storage cand[2];
   socklen_t cand_len[2];
 };
+
+static void release_hold(struct pending *p) {
+  if (p->hold >= 0) close(p->hold);
+  p->hold = -1;
+}
 
 static struct {
   int listener, factory;
@@ -382,6 +393,9 @@ static void v6_loopback(struct sockaddr_storage *ss, socklen_t *len, unsigned sh
   *len = sizeof *a;
 }
 
+static int takeover_destination(int v4, uint32_t v4_addr, unsigned port, struct pending *p, unsigned short *host_port);
+static int scan_sockets(int (*visit)(int copy, unsigned long inode, pid_t pid, int fd, void *arg), void *arg);
+
 /*
  * Whether `addr` (as the target gave it, for a socket of `domain`) is a shared
  * port on loopback; if so, fills p's candidate host addresses: the family
@@ -406,6 +420,14 @@ static int shared_destination(const struct sockaddr_storage *addr, socklen_t len
     port_be = a->sin6_port;
   } else {
     return 0;
+  }
+  /* A server of the sandbox whose socket was taken over at bind: it listens on the host's loopback now. */
+  unsigned short host_port;
+  if (takeover_destination(v4, v4_addr, ntohs(port_be), p, &host_port)) {
+    /* count 0 (not listening yet): connect_host answers ECONNREFUSED. */
+    if (p->count == 0) return 1;
+    v4_loopback(&p->cand[0], &p->cand_len[0], domain, htons(host_port));
+    return 1;
   }
   /* An uplink's host service (rootless): the gateway's port is the host's loopback port it serves. */
   const struct service *service = v4 ? mapped_service(v4_addr, ntohs(port_be)) : NULL;
@@ -582,6 +604,268 @@ static int sockopt_int(int fd, int level, int name) {
   return getsockopt(fd, level, name, &v, &len) < 0 ? -1 : v;
 }
 
+/*
+ * A forward taken over at bind (rootless uplinks): the pool asked for it
+ * before the test's server bound its port, so init holds a host socket bound
+ * to 127.0.0.1:host_port, and the server's bind() of that port (on the
+ * wildcard or the uplink's address) gets that socket in place of its own.
+ * Its listen() then listens on the host's loopback: host clients reach the
+ * server with no relay in between.
+ */
+struct forward {
+  unsigned short port, host_port;
+  uint32_t address; /* the sandbox's uplink address, network order */
+  int fd;           /* the held host socket */
+};
+
+static struct forward forwards[SHARE_MAX_SERVICES];
+static int nforwards;
+
+/*
+ * A server socket taken over at bind. The sandbox's own clients reach it at
+ * its port on 127.0.0.1, ::1 or the uplink's address, as they would have
+ * before: their connects get host sockets connected to 127.0.0.1:host_port.
+ * Only while the server still holds it: each such connect first finds the
+ * socket in the sandbox (by inode) and holds a copy until the connect is
+ * answered, so the port cannot be some other host program's by then.
+ */
+struct takeover {
+  unsigned short port, host_port;
+  uint32_t address;
+  unsigned long inode;
+  pid_t pid; /* where it was last seen */
+  int fd;
+};
+
+static struct takeover takeovers[SHARE_MAX_SERVICES];
+static int ntakeovers;
+
+static int is_inode(int copy, unsigned long inode, pid_t pid, int fd, void *arg) {
+  (void)copy;
+  struct takeover *t = arg;
+  if (inode != t->inode) return 0;
+  t->pid = pid;
+  t->fd = fd;
+  return 1;
+}
+
+/* A copy of the taken-over socket while a sandbox process holds it, else -1. */
+static int takeover_copy(struct takeover *t) {
+  int copy = -1;
+  char link[64], target[64];
+  snprintf(link, sizeof link, "/proc/%d/fd/%d", (int)t->pid, t->fd);
+  ssize_t n = readlink(link, target, sizeof target - 1);
+  if (n > 8) {
+    target[n] = '\0';
+    int pidfd = strncmp(target, "socket:[", 8) == 0 && strtoul(target + 8, NULL, 10) == t->inode ? (int)syscall(SYS_pidfd_open, t->pid, 0) : -1;
+    if (pidfd >= 0) {
+      copy = (int)syscall(SYS_pidfd_getfd, pidfd, t->fd, 0);
+      close(pidfd);
+    }
+  }
+  struct stat st;
+  if (copy >= 0 && (fstat(copy, &st) < 0 || st.st_ino != t->inode)) {
+    close(copy);
+    copy = -1;
+  }
+  if (copy < 0) copy = scan_sockets(is_inode, t); /* moved (dup2, passed to a child) or gone */
+  return copy;
+}
+
+static int takeover_destination(int v4, uint32_t v4_addr, unsigned port, struct pending *p, unsigned short *host_port) {
+  for (int i = 0; i < ntakeovers; i++) {
+    struct takeover *t = &takeovers[i];
+    if (t->port != port || (v4 && v4_addr != htonl(INADDR_LOOPBACK) && v4_addr != t->address)) continue;
+    int copy = takeover_copy(t);
+    if (copy < 0) { /* the server closed it: its port is the sandbox's own again */
+      takeovers[i--] = takeovers[--ntakeovers];
+      continue;
+    }
+    /* Bound, not listening yet (between the server's bind and listen): refused, as it would be. */
+    if (sockopt_int(copy, SOL_SOCKET, SO_ACCEPTCONN) != 1) {
+      close(copy);
+      p->count = 0;
+      return 1;
+    }
+    p->hold = copy;
+    p->count = 1;
+    *host_port = t->host_port;
+    return 1;
+  }
+  return 0;
+}
+
+static void respond_continue(__u64 id) {
+  struct seccomp_notif_resp resp;
+  memset(&resp, 0, sizeof resp);
+  resp.id = id;
+  resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+  if (ioctl(sv.listener, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0) { /* gone */ }
+}
+
+/* The forward whose bind this is (a wildcard or the uplink's address, its port), or -1. */
+static int forward_for(const struct sockaddr_storage *addr, socklen_t len, int domain) {
+  uint32_t a4;
+  unsigned port;
+  if (domain == AF_INET && addr->ss_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
+    a4 = a->sin_addr.s_addr;
+    port = ntohs(a->sin_port);
+  } else if (domain == AF_INET6 && addr->ss_family == AF_INET6 && len >= 24) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
+    static const unsigned char mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr)) a4 = 0;
+    else if (memcmp(&a->sin6_addr, mapped_prefix, 12) == 0) memcpy(&a4, &a->sin6_addr.s6_addr[12], 4);
+    else return -1;
+    port = ntohs(a->sin6_port);
+  } else {
+    return -1;
+  }
+  for (int i = 0; i < nforwards; i++)
+    if (forwards[i].port == port && (a4 == 0 || a4 == forwards[i].address)) return i;
+  return -1;
+}
+
+/*
+ * One bind() notification. Only a fresh TCP socket of the sandbox binding a
+ * forward's port is answered here (with the held host socket); every other
+ * bind goes on as asked (CONTINUE). That is safe although the kernel reads
+ * the arguments again: every host socket a sandbox can hold is bound already
+ * (listeners, connected sockets), so a bind swapped onto one fails (EINVAL),
+ * and a bind of a sandbox socket only ever binds in the sandbox's namespace.
+ */
+static void handle_bind(struct seccomp_notif *req) {
+  if (nforwards == 0) return respond_continue(req->id);
+  int target_fd = (int)req->data.args[0];
+  long long len = (long long)(int)req->data.args[2];
+  if (len <= 0 || len > (long long)sizeof(struct sockaddr_storage)) return respond_continue(req->id);
+  int pidfd = target_pidfd(req->pid);
+  if (pidfd < 0) return respond_continue(req->id);
+  if (!id_valid(req->id)) {
+    close(pidfd);
+    return;
+  }
+  int copy = (int)syscall(SYS_pidfd_getfd, pidfd, target_fd, 0);
+  close(pidfd);
+  if (copy < 0) return respond_continue(req->id);
+  struct sockaddr_storage addr;
+  memset(&addr, 0, sizeof addr);
+  struct iovec local = {&addr, (size_t)len}, far = {(void *)(uintptr_t)req->data.args[1], (size_t)len};
+  unsigned long long cookie = 0;
+  socklen_t cookie_len = sizeof cookie;
+  struct sockaddr_storage bound;
+  socklen_t bound_len = sizeof bound;
+  int domain = sockopt_int(copy, SOL_SOCKET, SO_DOMAIN);
+  int i = -1;
+  if (syscall(SYS_process_vm_readv, req->pid, &local, 1, &far, 1, 0) == len && id_valid(req->id) &&
+      getsockopt(copy, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &cookie_len) == 0 && cookie == sv.cookie &&
+      sockopt_int(copy, SOL_SOCKET, SO_TYPE) == SOCK_STREAM && sockopt_int(copy, SOL_SOCKET, SO_PROTOCOL) == IPPROTO_TCP &&
+      getsockname(copy, (struct sockaddr *)&bound, &bound_len) == 0 &&
+      (bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port : ((struct sockaddr_in6 *)&bound)->sin6_port) == 0)
+    i = forward_for(&addr, (socklen_t)len, domain);
+  if (i < 0) {
+    close(copy);
+    return respond_continue(req->id);
+  }
+  struct pending p;
+  memset(&p, 0, sizeof p);
+  p.id = req->id;
+  p.target_fd = target_fd;
+  int flags = fcntl(copy, F_GETFL);
+  p.nonblock = flags >= 0 && (flags & O_NONBLOCK);
+  p.cloexec = target_cloexec(req->pid, target_fd);
+  close(copy);
+  /* One server per forward: the socket is the sandbox's now (install closes our descriptor). */
+  struct forward f = forwards[i];
+  forwards[i] = forwards[--nforwards];
+  struct stat st;
+  if (fstat(f.fd, &st) == 0 && ntakeovers < SHARE_MAX_SERVICES) {
+    /* Replaces a gone server's entry for the same port, if any. */
+    for (int k = 0; k < ntakeovers; k++)
+      if (takeovers[k].port == f.port) takeovers[k--] = takeovers[--ntakeovers];
+    takeovers[ntakeovers++] = (struct takeover){f.port, f.host_port, f.address, (unsigned long)st.st_ino, req->pid, target_fd};
+  }
+  p.hold = -1;
+  install(&p, f.fd);
+}
+
+/* Whether something in the sandbox listens on TCP `port` already (its /proc/net/tcp and tcp6). */
+static int listening_here(unsigned port) {
+  static const char *const tables[] = {"/proc/net/tcp", "/proc/net/tcp6"};
+  for (int t = 0; t < 2; t++) {
+    FILE *f = fopen(tables[t], "re");
+    if (!f) continue;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+      char local[64];
+      unsigned state;
+      /* "  0: 0100007F:1F90 00000000:0000 0A ..." */
+      if (sscanf(line, " %*d: %63s %*s %x", local, &state) != 2 || state != 0x0A) continue;
+      char *colon = strrchr(local, ':');
+      if (colon && strtoul(colon + 1, NULL, 16) == port) {
+        fclose(f);
+        return 1;
+      }
+    }
+    fclose(f);
+  }
+  return 0;
+}
+
+/* "forward PORT HOST_PORT ADDRESS": holds a host socket for the server's bind. Writes the answer. */
+static void forward_command(unsigned port, unsigned host_port, uint32_t address, char *answer, size_t size) {
+  for (int i = 0; i < nforwards; i++)
+    if (forwards[i].port == port) {
+      snprintf(answer, size, "error EEXIST");
+      return;
+    }
+  if (nforwards == SHARE_MAX_SERVICES) {
+    snprintf(answer, size, "error ENOSPC");
+    return;
+  }
+  /* A server that took an earlier forward over at bind is still reached at its host port. */
+  for (int i = 0; i < ntakeovers; i++) {
+    if (takeovers[i].port != port) continue;
+    int copy = takeover_copy(&takeovers[i]);
+    if (copy < 0) {
+      takeovers[i--] = takeovers[--ntakeovers];
+      continue;
+    }
+    close(copy);
+    if (host_port && host_port != takeovers[i].host_port) snprintf(answer, size, "error EBUSY %u", (unsigned)takeovers[i].host_port);
+    else snprintf(answer, size, "ok %u", (unsigned)takeovers[i].host_port);
+    return;
+  }
+  /* The server is up already: the relay carries this forward (the pool asks the hub). */
+  if (listening_here(port)) {
+    snprintf(answer, size, "listening");
+    return;
+  }
+  int fd = sv.factory >= 0 ? factory_socket(sv.factory, AF_INET) : -1;
+  if (fd < 0) {
+    snprintf(answer, size, "error %s", errno == EMFILE ? "EMFILE" : "ENETDOWN");
+    return;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  struct sockaddr_in at = {.sin_family = AF_INET, .sin_port = htons((uint16_t)host_port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof at;
+  if (bind(fd, (struct sockaddr *)&at, sizeof at) < 0 || getsockname(fd, (struct sockaddr *)&at, &len) < 0) {
+    int e = errno;
+    close(fd);
+    snprintf(answer, size, "error %s", e == EADDRINUSE ? "EADDRINUSE" : e == EACCES ? "EACCES" : "EINVAL");
+    return;
+  }
+  forwards[nforwards++] = (struct forward){(unsigned short)port, ntohs(at.sin_port), address, fd};
+  snprintf(answer, size, "ok %u", (unsigned)ntohs(at.sin_port));
+}
+
+/* The uplink is down: forwards whose server never bound give their host ports back. */
+static void drop_forwards(void) {
+  for (int i = 0; i < nforwards; i++) close(forwards[i].fd);
+  nforwards = 0;
+}
+
 /* One connect() notification. Returns 1 if it left a connect in flight in *p. */
 static int handle(struct pending *p) {
   struct seccomp_notif req;
@@ -590,6 +874,11 @@ static int handle(struct pending *p) {
   memset(p, 0, sizeof *p);
   p->id = req.id;
   p->fd = -1;
+  p->hold = -1;
+  if (req.data.nr == __NR_bind) {
+    handle_bind(&req);
+    return 0;
+  }
   if (req.data.nr != __NR_connect) {
     respond(req.id, ENOSYS);
     return 0;
@@ -658,6 +947,7 @@ static int handle(struct pending *p) {
     socklen_t peer_len = sizeof peer;
     if (getpeername(copy, (struct sockaddr *)&peer, &peer_len) == 0) {
       close(copy);
+      release_hold(p);
       respond(req.id, EISCONN);
       return 0;
     }
@@ -668,7 +958,9 @@ static int handle(struct pending *p) {
     p->cloexec = target_cloexec(req.pid, target_fd);
     p->host = 1;
     close(copy);
-    return connect_host(p);
+    int waiting = connect_host(p);
+    if (!waiting) release_hold(p);
+    return waiting;
   }
   return connect_own(p, req.pid, copy, &addr, (socklen_t)len, flags);
 }
@@ -716,19 +1008,18 @@ static int service_connection(int fd) {
 }
 
 /*
- * The test's uplink goes down: connections it made to its host services are
- * cut, as the hub's relay cuts its own, so a later test of the file is
- * offline again. They are found in every process of the sandbox (its /proc)
- * and shut down through a copy: shutdown() acts on the socket, not the copy.
+ * Visits every socket held by a process of the sandbox (its /proc), once
+ * each, through a copy (pidfd_getfd). `visit` returns 1 to stop and keep the
+ * copy, which is then returned; otherwise the copy is closed. -1: none kept.
  */
-static void cut_service_connections(void) {
-  if (!sv.own_proc || nservices == 0) return;
+static int scan_sockets(int (*visit)(int copy, unsigned long inode, pid_t pid, int fd, void *arg), void *arg) {
+  if (!sv.own_proc) return -1;
   DIR *proc = opendir("/proc");
-  if (!proc) return;
+  if (!proc) return -1;
   static unsigned long seen[4096];
-  int nseen = 0;
+  int nseen = 0, kept = -1;
   struct dirent *p;
-  while ((p = readdir(proc))) {
+  while (kept < 0 && (p = readdir(proc))) {
     char *end;
     long pid = strtol(p->d_name, &end, 10);
     if (*end || pid <= 1) continue;
@@ -738,7 +1029,7 @@ static void cut_service_connections(void) {
     snprintf(path, sizeof path, "/proc/%ld/fd", pid);
     DIR *fds = opendir(path);
     struct dirent *f;
-    while (fds && (f = readdir(fds))) {
+    while (kept < 0 && fds && (f = readdir(fds))) {
       long fd = strtol(f->d_name, &end, 10);
       char link[64], target[64];
       if (*end || fd < 0) continue;
@@ -754,16 +1045,33 @@ static void cut_service_connections(void) {
       if (nseen < (int)(sizeof seen / sizeof seen[0])) seen[nseen++] = inode;
       int copy = (int)syscall(SYS_pidfd_getfd, pidfd, (int)fd, 0);
       if (copy < 0) continue;
-      unsigned long long cookie = 0;
-      socklen_t cookie_len = sizeof cookie;
-      if (getsockopt(copy, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &cookie_len) == 0 && cookie != sv.cookie && service_connection(copy))
-        shutdown(copy, SHUT_RDWR);
-      close(copy);
+      if (visit(copy, inode, (pid_t)pid, (int)fd, arg)) kept = copy;
+      else close(copy);
     }
     if (fds) closedir(fds);
     close(pidfd);
   }
   closedir(proc);
+  return kept;
+}
+
+static int cut_if_service(int copy, unsigned long inode, pid_t pid, int fd, void *arg) {
+  (void)inode, (void)pid, (void)fd, (void)arg;
+  unsigned long long cookie = 0;
+  socklen_t cookie_len = sizeof cookie;
+  if (getsockopt(copy, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &cookie_len) == 0 && cookie != sv.cookie && service_connection(copy))
+    shutdown(copy, SHUT_RDWR);
+  return 0;
+}
+
+/*
+ * The test's uplink goes down: connections it made to its host services are
+ * cut, as the hub's relay cuts its own, so a later test of the file is
+ * offline again. They are found in every process of the sandbox and shut
+ * down through a copy: shutdown() acts on the socket, not the copy.
+ */
+static void cut_service_connections(void) {
+  if (nservices > 0) scan_sockets(cut_if_service, NULL);
 }
 
 /*
@@ -782,7 +1090,16 @@ static const char *handover_command(char *line) {
   if (n == 1 && strcmp(words[0], "clear") == 0) {
     cut_service_connections();
     nservices = 0;
+    drop_forwards();
     return "ok";
+  }
+  if (n == 4 && strcmp(words[0], "forward") == 0) {
+    static char answer[48];
+    struct in_addr address;
+    int port = parse_port(words[1]), host_port = strcmp(words[2], "0") == 0 ? 0 : parse_port(words[2]);
+    if (port < 0 || host_port < 0 || inet_pton(AF_INET, words[3], &address) != 1) return "error bad forward";
+    forward_command((unsigned)port, (unsigned)host_port, address.s_addr, answer, sizeof answer);
+    return answer;
   }
   if (n != 4 || strcmp(words[0], "service") != 0) return "error unknown command";
   struct in_addr gateway;
@@ -868,7 +1185,10 @@ int share_supervise(int listener, int factory, const unsigned short *ports, int 
         close(p->fd);
         keep = 0;
       }
-      if (!keep) sv.pending[i] = sv.pending[--sv.npending];
+      if (!keep) {
+        release_hold(p);
+        sv.pending[i] = sv.pending[--sv.npending];
+      }
     }
     if (fds[1].revents & POLLIN) {
       if (handle(&sv.pending[sv.npending])) sv.npending++;

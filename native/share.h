@@ -19,8 +19,12 @@ int share_parse_ports(const char *list, unsigned short *ports);
  */
 int share_start_factory(void);
 
-/* In the program's process, after no_new_privs, before exec: installs the filter, sends its listener over `to`. Dies on failure. */
-void share_install_filter(int to);
+/*
+ * In the program's process, after no_new_privs, before exec: installs the
+ * filter, sends its listener over `to`. `with_bind`: bind() notifies too
+ * (forwards taken over at bind). Dies on failure.
+ */
+void share_install_filter(int to, int with_bind);
 
 /* Receives the listener the program sent over `from`. -1 when it sent none. */
 int share_receive_listener(int from);

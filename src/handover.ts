@@ -26,10 +26,29 @@ export class HandoverChannel {
 
   /** From now on a TCP connect to gateway:port in the sandbox reaches 127.0.0.1:hostPort on the host. */
   service(gateway: string, port: number, hostPort: number): Promise<void> {
-    if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(gateway) || !isPort(port) || !isPort(hostPort)) {
+    if (!isAddress(gateway) || !isPort(port) || !isPort(hostPort)) {
       return Promise.reject(new Error(`internal error: bad host service ${gateway}:${port} -> ${hostPort}`))
     }
     return this.command(`service ${gateway} ${port} ${hostPort}`)
+  }
+
+  /**
+   * A forward taken over at bind: init holds a host socket bound to 127.0.0.1:hostPort (0: any free port)
+   * for the server that binds `port` (on the wildcard or `address`, the test's uplink address).
+   * 'listening': a server listens on the port already, so the hub's relay must carry it.
+   * Rejects with a HandoverRefused carrying init's errno name when it cannot hold the port.
+   */
+  async forward(port: number, hostPort: number, address: string): Promise<{ hostPort: number } | 'listening'> {
+    if (!isAddress(address) || !isPort(port) || !(hostPort === 0 || isPort(hostPort))) {
+      throw new Error(`internal error: bad forward ${address}:${port} <- ${hostPort}`)
+    }
+    const answer = await this.ask(`forward ${port} ${hostPort} ${address}`)
+    if (answer === 'listening') return 'listening'
+    const bound = /^ok ([1-9]\d{0,4})$/.exec(answer)
+    if (bound && isPort(Number(bound[1]))) return { hostPort: Number(bound[1]) }
+    const refused = /^error ([A-Z]+)(?: ([1-9]\d{0,4}))?$/.exec(answer)
+    if (!refused) throw new Error(`the sandbox's init answered "${answer}" to a forward`)
+    throw new HandoverRefused(refused[1]!, refused[2] === undefined ? undefined : Number(refused[2]))
   }
 
   /** The test's uplink is down: no host service is handed over any more. */
@@ -37,16 +56,19 @@ export class HandoverChannel {
     return this.command('clear')
   }
 
-  private command(line: string): Promise<void> {
+  private async command(line: string): Promise<void> {
+    const text = await this.ask(line)
+    if (text !== 'ok') throw new Error(`the sandbox's init refused "${line}": ${text.replace(/^error /, '')}`)
+  }
+
+  private ask(line: string): Promise<string> {
     if (this.closed) return Promise.reject(new Error(`hand-over channel closed: ${this.closed}`))
     const answer = new Promise<string>((resolve, reject) => {
       const timer = setTimeout(() => this.close(`no answer within ${ANSWER_TIMEOUT_MS} ms`), ANSWER_TIMEOUT_MS)
       this.waiting.push({ resolve, reject, timer })
     })
     this.channel.write(`${line}\n`)
-    return answer.then((text) => {
-      if (text !== 'ok') throw new Error(`the sandbox's init refused "${line}": ${text.replace(/^error /, '')}`)
-    })
+    return answer
   }
 
   private received(chunk: string) {
@@ -72,6 +94,21 @@ export class HandoverChannel {
     }
     this.channel.destroy()
   }
+}
+
+/** init refused a forward: `errno` names why (EADDRINUSE, EACCES…). */
+export class HandoverRefused extends Error {
+  /** @param hostPort EBUSY: the host port the server listens on already. */
+  constructor(
+    readonly errno: string,
+    readonly hostPort?: number,
+  ) {
+    super(`init refused the forward: ${errno}`)
+  }
+}
+
+function isAddress(value: string): boolean {
+  return /^\d{1,3}(\.\d{1,3}){3}$/.test(value)
 }
 
 function isPort(value: number): boolean {

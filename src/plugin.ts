@@ -177,7 +177,7 @@ function uplinkMechanism(mode: 'root' | 'rootless', options: ResolvedNetnsOption
   // attach) and doctor has a row for it: a run that never asks is not told to install anything.
   const egress = helper && !tunProblem() ? `; egress past this machine via ${helper}` : via === 'none' ? '; egress past this machine off' : ''
   const services = noHandover === undefined
-    ? 'TCP host services handed over as host sockets, forwards relayed by the hub'
+    ? 'host sockets handed over for TCP host services and forwards (the hub relays the rest)'
     : `host services and forwards relayed by the hub (no socket hand-over: ${noHandover})`
   return `hub namespace, ${services}${egress}`
 }

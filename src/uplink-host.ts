@@ -22,7 +22,7 @@ import { readlinkSync, realpathSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { COMPILER_FIX, nativeLauncher } from './launcher-binary.js'
 import { findTool } from './launcher.js'
-import type { HandoverChannel } from './handover.js'
+import { HandoverRefused, type HandoverChannel } from './handover.js'
 import { formatAddress, formatCidr, parseCidr, type Cidr } from './ipv4.js'
 import { routedInHub } from './routes.js'
 import { startEgressHelper } from './uplink-egress.js'
@@ -309,7 +309,25 @@ export class UplinkSession {
         }
         return {}
       case 'forward': {
-        this.attached()
+        const { base } = this.attached()
+        // Rootless TCP, before the server binds: init hands the server a host socket at its bind (no relay).
+        if (daemon.mode === 'rootless' && request.protocol === 'tcp' && this.handover) {
+          const taken = await this.handover.forward(request.port, request.hostPort ?? 0, formatAddress(base + 2)).catch((error: Error) => error)
+          if (taken instanceof HandoverRefused && taken.errno === 'EADDRINUSE') {
+            throw new UplinkError(`forward: bind: EADDRINUSE: host port ${request.hostPort} is in use`)
+          }
+          if (taken instanceof HandoverRefused && taken.errno === 'EBUSY') {
+            throw new UplinkError(
+              `forward(${request.port}, { hostPort: ${request.hostPort} }): the server on port ${request.port} listens on the host's 127.0.0.1:${taken.hostPort} already ` +
+                `(an earlier forward took its socket over when it bound): use that port, or forward before the server starts.`,
+            )
+          }
+          if (taken instanceof HandoverRefused && taken.errno === 'EACCES') {
+            throw new UplinkError(`forward: bind: EACCES: cannot bind 127.0.0.1:${request.hostPort}`)
+          }
+          if (!(taken instanceof Error) && taken !== 'listening') return { host: '127.0.0.1', port: taken.hostPort }
+          // The server listens already (or init could not hold the port): the hub's relay carries it.
+        }
         const port = await daemon.command('forward', sandbox, request.protocol, request.hostPort ?? 0, request.port)
         return { host: '127.0.0.1', port: Number(port) }
       }

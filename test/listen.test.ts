@@ -24,7 +24,8 @@ async function freePort(): Promise<number> {
   return port
 }
 
-describe.each(['native', 'shell'] as const)('netns.listen with the %s launcher', (launcher) => {
+// Only the native launcher: a listener is a host socket, safe only under its connect filter (test/host-sockets.test.ts).
+describe.each(['native'] as const)('netns.listen with the %s launcher', (launcher) => {
   let busy: Server
   beforeAll(async () => {
     busy = await listenOn(0)
@@ -55,4 +56,12 @@ describe.each(['native', 'shell'] as const)('netns.listen with the %s launcher',
     expect(result.code, failures(result)).toBe(0)
     expect(result.report?.numPassedTests).toBe(2)
   })
+})
+
+test('with the shell launcher (no connect filter) every request is refused, naming the native launcher', async () => {
+  const result = await runFixture('listen', {
+    env: { NETNS_LAUNCHER: 'shell', LISTEN_REFUSED_WHY: "netns.listen() needs the native launcher, and this run uses the shell launcher: a listener is a host socket, and only the native launcher's connect filter keeps a test from connecting it anew. Use launcher: 'auto' or 'native'." },
+  })
+  expect(result.code, failures(result)).toBe(0)
+  expect(result.report?.numPassedTests).toBe(2)
 })

@@ -108,6 +108,14 @@ describe('the uplink fixture', () => {
     expect(forward.chosen).toEqual({ host: '127.0.0.1', port: expect.any(Number) })
     expect(forward.taken.error).toMatch(/^vitest-environment-netns: forward: bind: EADDRINUSE: host port \d+ is in use$/)
     expect(afterForward.prober.error).toBe('ECONNREFUSED')
+    // A real Redis inside, the host's redis-cli through forward, before and after the server binds. Root: both
+    // listen in the sandbox behind DNAT. Rootless: the one forwarded before it bound got a host socket at its
+    // bind (it listens on the host's loopback, not in the sandbox); the other is behind the hub's relay.
+    const { forwardRedis } = result.records
+    expect(forwardRedis.beforeReady && forwardRedis.afterReady).toBe(true)
+    expect(forwardRedis.viaBefore.reply).toBe('ok PONG')
+    expect(forwardRedis.viaAfter.reply).toBe('ok PONG')
+    expect(forwardRedis.listening).toEqual(root ? [16380, 16381] : [16381])
     expect(badPorts.zero).toMatch(/uplink\.forward\(0\): the port must be a whole number from 1 to 65535; got 0/)
     expect(badPorts.tooHigh).toMatch(/from 1 to 65535; got 65536/)
     expect(badPorts.fraction).toMatch(/hostService\(80\.5\).*from 1 to 65535/)
@@ -471,7 +479,7 @@ describe('rootless egress past the machine, where it cannot work', () => {
     const env = { NETNS_EGRESS_VIA: 'slirp4netns' }
     const quiet = await run({ include: 'test/host-service.test.ts', env })
     expect(quiet.code, failures(quiet)).toBe(0)
-    expect(quiet.stdout).toContain('uplinks: hub namespace, host services and forwards relayed by the hub)')
+    expect(quiet.stdout).toContain('uplinks: hub namespace, host sockets handed over for TCP host services and forwards (the hub relays the rest))')
     expect(quiet.stdout + quiet.stderr).not.toMatch(/egress (past|beyond) this machine|install passt|slirp4netns/)
     const asked = await run({ include: 'test/egress.test.ts', env })
     expect(asked.code, failures(asked)).toBe(0)
