@@ -15,9 +15,13 @@
 // Part 2 (--vitest, run last: Vitest starts a helper of its own) runs a
 // generated file of N tests that use the `uplink`
 // fixture against the same file whose tests do not. Part 3 measures TCP
-// throughput and round-trip time through each path (veth egress to a fake
-// upstream namespace, hostService, forward) against host loopback, with Node
-// peers (bench/peer.mjs) at both ends.
+// throughput and round-trip time through each path against host loopback,
+// with Node peers (bench/peer.mjs) at both ends: veth egress to a fake
+// upstream namespace; a shared host port; hostService (root: kernel DNAT;
+// rootless: the socket hand-over, and the hub's relay as the fallback, from a
+// sandbox without the hand-over channel); forward asked before the server
+// binds (rootless: the server listens on a host socket) and after (rootless:
+// the relay). netns.listen() has its own benchmark, bench/listen.mjs.
 //
 // Traffic only ever goes to loopback, to the sandboxes made here and to a fake
 // upstream namespace made here (never past this machine; rootless never
@@ -37,6 +41,8 @@ const workDir = join(repoRoot, 'bench', '.work', 'uplink')
 const vitestCli = join(repoRoot, 'node_modules', 'vitest', 'vitest.mjs')
 const peerScript = join(repoRoot, 'bench', 'peer.mjs')
 const MODE = process.getuid() === 0 ? 'root' : 'rootless'
+// The sandbox server's port for the forward asked before it binds (inside the sandbox: nothing else is there).
+const BEFORE_BIND_PORT = 18080
 
 // ---------------------------------------------------------------- arguments
 
@@ -196,7 +202,8 @@ async function waitOwnNetns(pid, others) {
 async function setUp(args) {
   const { UplinkDaemon, UplinkSession } = await import('../dist/uplink-host.js')
   const { resolveOptions } = await import('../dist/config.js')
-  const { planLauncher, launchCommand } = await import('../dist/launcher.js')
+  const { planLauncher, launchCommand, withSupervision } = await import('../dist/launcher.js')
+  const { HANDOVER_FD, HandoverChannel } = await import('../dist/handover.js')
   // egressVia 'none': rootless, nothing may go through pasta; the fake upstream hangs off the hub.
   daemon = await UplinkDaemon.start(MODE, { pool: args.pool, egressVia: 'none' })
   const hubPid = MODE === 'rootless' ? daemon.hubPid : undefined
@@ -210,18 +217,28 @@ async function setUp(args) {
   const warnings = []
   // The pool's own UplinkSession; each call bounded, so a stuck helper fails the run instead of hanging it.
   // Registered first, untimed: the pool registers a sandbox when its worker starts, before any test asks.
-  const session = async (pid) => {
-    const real = new UplinkSession(() => Promise.resolve(daemon), pid, (message) => warnings.push(message))
+  const session = async (pid, handover) => {
+    const real = new UplinkSession(() => Promise.resolve(daemon), pid, (message) => warnings.push(message), handover)
     await within(real.register(), 10_000, 'uplink register')
     return {
       handle: (request) => within(real.handle(request), 10_000, `uplink ${request.op}`),
       release: () => within(real.release(), 10_000, 'uplink release'),
     }
   }
-  /** A sandbox running `program`, whose first stdout line says it runs. Its pid is the relay's, in the sandbox's namespace. */
-  const sandbox = async (name, program) => {
-    const stdio = ['pipe', 'pipe', 'pipe', ...(plan.controlFd ? [...Array(plan.controlFd - 3).fill('ignore'), 'pipe'] : [])]
-    const child = new LineChild(name, file, [...prefix, ...program], { stdio })
+  /**
+   * A sandbox running `program`, whose first stdout line says it runs. Its pid is the relay's, in the sandbox's
+   * namespace. `supervision`: what its init supervises, as the pool asks (shared ports; rootless, the hand-over
+   * channel, which `child.handover` then speaks on).
+   */
+  const sandbox = async (name, program, supervision = { ports: [], guard: false }) => {
+    const handover = supervision.handover && MODE === 'rootless'
+    const command = withSupervision({ file, args: prefix }, { ports: supervision.ports, guard: supervision.guard, handoverFd: handover ? HANDOVER_FD : undefined })
+    const stdio = ['pipe', 'pipe', 'pipe']
+    if (plan.controlFd) stdio[plan.controlFd] = 'pipe'
+    if (handover) stdio[HANDOVER_FD] = 'pipe'
+    for (let i = 0; i < stdio.length; i++) stdio[i] ??= 'ignore'
+    const child = new LineChild(name, command.file, [...command.args, ...program], { stdio })
+    if (handover) child.handover = new HandoverChannel(child.child.stdio[HANDOVER_FD])
     await child.next(10_000) // the program runs: every namespace is set up
     if (!(await waitOwnNetns(child.pid, [ownNet, outerNet]))) throw new Error(`${name}: not in a network namespace of its own`)
     return child
@@ -469,7 +486,7 @@ async function benchNet(ctx, args) {
     return p
   }
   const paths = []
-  let session
+  let session, relayBox, relaySession
   let mtus = ''
   // Segment size matters more than anything else here: loopback's MTU is 64 KiB, a veth's 1500 unless set.
   const mtu = (prefix, dev) => {
@@ -494,16 +511,32 @@ async function benchNet(ctx, args) {
       fail('fake upstream (the veth path is left out)', error)
     }
 
-    const box = await ctx.sandbox('sandbox peer', [process.execPath, peerScript, args.pool])
+    // Supervised as the pool starts a worker here: the host server's port shared, rootless the hand-over channel.
+    const box = await ctx.sandbox('sandbox peer', [process.execPath, peerScript, args.pool], { ports: [hostPort], guard: true, handover: true })
     started.push(box)
-    session = await ctx.session(box.pid)
+    session = await ctx.session(box.pid, box.handover)
     const attached = await session.handle({ op: 'attach', egress: upstream ? [{ cidr: UPSTREAM.net }] : [] })
     if (upstream) paths.push({ name: `veth egress → upstream ${UPSTREAM.inner}`, client: box, host: UPSTREAM.inner, port: upstream.port })
+    paths.push({ name: 'shared host port (hostPorts): 127.0.0.1 → host 127.0.0.1', client: box, host: '127.0.0.1', port: hostPort })
     const service = await session.handle({ op: 'hostService', port: hostPort, protocol: 'tcp' })
-    paths.push({ name: `hostService → ${service.host} → host 127.0.0.1`, client: box, host: service.host, port: service.port })
+    const how = MODE === 'root' ? 'kernel DNAT' : 'socket hand-over'
+    paths.push({ name: `hostService (${how}) → ${service.host} → host 127.0.0.1`, client: box, host: service.host, port: service.port })
+    // Forward asked before the server binds (rootless: its bind gets a host socket), then one asked after.
+    const early = await session.handle({ op: 'forward', port: BEFORE_BIND_PORT, protocol: 'tcp' })
+    await box.request({ op: 'listen', host: '0.0.0.0', port: BEFORE_BIND_PORT }, 5000)
+    paths.push({ name: `forward before bind (${MODE === 'root' ? 'kernel DNAT' : 'server on a host socket'}): host 127.0.0.1`, client: hostClient, host: early.host, port: early.port })
     const { port: boxPort } = await box.request({ op: 'listen', host: '0.0.0.0', port: 0 }, 5000)
     const forwarded = await session.handle({ op: 'forward', port: boxPort, protocol: 'tcp' })
-    paths.push({ name: `forward: host 127.0.0.1 → ${attached.address}`, client: hostClient, host: forwarded.host, port: forwarded.port })
+    paths.push({ name: `forward after bind (${MODE === 'root' ? 'kernel DNAT' : 'hub relay'}): host 127.0.0.1 → ${attached.address}`, client: hostClient, host: forwarded.host, port: forwarded.port })
+    if (MODE === 'rootless') {
+      // The relay, as where the hand-over is unavailable: a sandbox without the hand-over channel.
+      relayBox = await ctx.sandbox('relay sandbox peer', [process.execPath, peerScript, args.pool])
+      started.push(relayBox)
+      relaySession = await ctx.session(relayBox.pid)
+      await relaySession.handle({ op: 'attach' })
+      const relayed = await relaySession.handle({ op: 'hostService', port: hostPort, protocol: 'tcp' })
+      paths.push({ name: `hostService (hub relay, the fallback) → ${relayed.host} → host 127.0.0.1`, client: relayBox, host: relayed.host, port: relayed.port })
+    }
 
     for (const p of paths) (p.mbps = []), (p.rtt = [])
     // A short exchange first: a path that does not work is reported once, not measured.
@@ -547,18 +580,24 @@ async function benchNet(ctx, args) {
   } finally {
     await session?.handle({ op: 'detach' }).catch(() => {})
     await session?.release()
+    await relaySession?.handle({ op: 'detach' }).catch(() => {})
+    await relaySession?.release()
     await Promise.all(started.map((p) => p.stop()))
   }
 
   const summary = paths.map(({ name, mbps = [], rtt: samples = [] }) => ({ name, mbps, rttMedianUs: median(samples), rttP90Us: p90(samples), rttCount: samples.length }))
   const base = paths[0]
   if (!base?.mbps) return summary
-  const goal = (p) => (p.name.startsWith('veth') ? 'goal ≥ 0.75×' : '')
+  const goal = (p) =>
+    p.name.startsWith('veth') ? 'goal ≥ 0.75×'
+      : /hand-over|host socket|shared host port/.test(p.name) ? 'goal ≥ 0.9×'
+        : ''
   const tput = paths.map((p) => [MODE, p.name, p.mbps.length, fmt(median(p.mbps)), p === base ? '1.00×' : ratio(median(p.mbps), median(base.mbps)), goal(p)])
-  const rtt = paths.map((p) => [MODE, p.name, p.rtt.length, fmt(median(p.rtt)), fmt(p90(p.rtt)), p === base ? '1.00×' : ratio(median(p.rtt), median(base.rtt))])
+  const rttGoal = (p) => (/hand-over|host socket|shared host port/.test(p.name) ? 'goal ≤ 1.1×' : '')
+  const rtt = paths.map((p) => [MODE, p.name, p.rtt.length, fmt(median(p.rtt)), fmt(p90(p.rtt)), p === base ? '1.00×' : ratio(median(p.rtt), median(base.rtt)), rttGoal(p)])
   console.log('\nThroughput, one TCP connection (MB/s = 10^6 bytes/s, median of runs)\n\n' + table(['mode', 'path', 'runs', 'MB/s', 'vs loopback', 'issue'], tput))
   if (mtus) console.log(`\n  ${mtus}`)
-  console.log('\nRound trip, one byte each way (µs; all ping-pongs of all runs)\n\n' + table(['mode', 'path', 'n', 'median µs', 'p90 µs', 'vs loopback'], rtt))
+  console.log('\nRound trip, one byte each way (µs; all ping-pongs of all runs)\n\n' + table(['mode', 'path', 'n', 'median µs', 'p90 µs', 'vs loopback', 'issue'], rtt))
   return summary
 }
 
