@@ -169,13 +169,15 @@ export async function runDoctor(): Promise<DoctorReport> {
           ? { feature: 'outside attempts recorded (nf_tables)', status: 'missing', detail: recording, fix: 'load nf_tables and nft_reject_inet (sudo modprobe nft_reject_inet): a user namespace cannot load kernel modules' }
           : { feature: 'outside attempts recorded (nf_tables)', status: 'not reached', detail: 'not tried: the sandbox cannot be set up' },
   )
-  // Shared host ports (hostPorts, shareHostPort): optional, so a note when missing.
+  // The connect filter (init answers the sandbox's connects): shared host ports, netns.listen(), the rootless
+  // socket hand-over. Optional, so a note when missing.
+  const FILTER = 'connect filter (seccomp user notification)'
   checks.push(
     sharing === 'on'
-      ? { feature: 'shared host ports (seccomp user notification)', status: 'ok', detail: 'tried: works' }
+      ? { feature: FILTER, status: 'ok', detail: 'tried: works (hostPorts, shareHostPort, netns.listen(), rootless socket hand-over)' }
       : ok && sharing !== 'off'
-        ? { feature: 'shared host ports (seccomp user notification)', status: 'info', detail: sharing, fix: 'hostPorts and shareHostPort need Linux 5.14 or later, with seccomp user notification allowed (not blocked by a container profile)' }
-        : { feature: 'shared host ports (seccomp user notification)', status: 'not reached', detail: ok ? 'need the native launcher (see the launcher row)' : 'not tried: the sandbox cannot be set up' },
+        ? { feature: FILTER, status: 'info', detail: `${sharing}: hostPorts and shareHostPort fail, netns.listen() is refused, rootless uplinks relay everything`, fix: 'Linux 5.14 or later, with seccomp user notification allowed (not blocked by a container profile)' }
+        : { feature: FILTER, status: 'not reached', detail: ok ? 'need the native launcher (see the launcher row)' : 'not tried: the sandbox cannot be set up' },
   )
 
   // Uplinks: tried for real when the sandbox works (a helper of its own, one throwaway sandbox).
@@ -191,6 +193,14 @@ export async function runDoctor(): Promise<DoctorReport> {
         ? { feature: 'uplinks', status: 'info', detail: `${failure.step} failed: ${failure.detail}`, fix: root ? 'uplinks need the veth driver and nf_tables NAT (modprobe veth nft_nat nft_masq)' : 'uplinks need nested user namespaces (user.max_user_namespaces above 2)' }
         : { feature: 'uplinks', status: 'ok', detail: root ? 'tried: veth into a sandbox, rules in the host namespace' : 'tried: hub namespace, veth into a sandbox' },
     )
+    // Rootless, which way host services and forwards go: host sockets handed over, or the hub's relay (slower).
+    if (!root && !failure) {
+      checks.push(
+        sharing === 'on'
+          ? { feature: 'uplinks: host services and forwards', status: 'ok', detail: 'TCP: host sockets handed over by the connect filter (host-loopback speed); UDP and forwards asked after the server listens: relayed by the hub' }
+          : { feature: 'uplinks: host services and forwards', status: 'info', detail: `relayed by the hub (about half host-loopback throughput): no socket hand-over, ${sharing.replace(/^unavailable: /, '')}`, fix: 'Linux 5.14 or later, with seccomp user notification allowed' },
+      )
+    }
     if (clash) checks.push({ feature: 'uplinks: default pool', status: 'info', detail: `${DEFAULT_UPLINK_POOL} overlaps ${formatCidr(clash)} here`, fix: "netns({ uplink: { pool: '10.201.0.0/16' } }) or another free block" })
   }
   if (!root) {

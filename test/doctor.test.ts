@@ -66,6 +66,10 @@ describe('on this machine', () => {
     // Tried for real: a helper of its own gave a throwaway sandbox an uplink.
     expect(run.stdout).toMatch(process.getuid?.() === 0 ? /^ {2}uplinks +ok +tried: veth into a sandbox, rules in the host namespace$/m : /^ {2}uplinks +ok +tried: hub namespace, veth into a sandbox$/m)
     expect(run.stdout).toContain(`${process.getuid?.() === 0 ? 'root' : 'rootless'} mode`)
+    expect(run.stdout).toMatch(/^ {2}connect filter \(seccomp user notification\) +ok +tried: works \(hostPorts, shareHostPort, netns\.listen\(\), rootless socket hand-over\)$/m)
+    // Rootless: which way host services and forwards go (root: kernel DNAT, no row).
+    if (process.getuid?.() === 0) expect(run.stdout).not.toContain('uplinks: host services and forwards')
+    else expect(run.stdout).toMatch(/^ {2}uplinks: host services and forwards +ok +TCP: host sockets handed over by the connect filter/m)
     expect(run.stdout).toContain('netns test files can run here.')
   })
 
