@@ -1016,7 +1016,7 @@ int main(int argc, char **argv) {
       drop_privileges(uid, file_caps);
       const char *why = "";
       int err = share_check_kernel(&why);
-      if (err) dprintf(1, "sharing unavailable: this kernel lacks %s: %s\n", why, strerror(err));
+      if (err) dprintf(1, "sharing unavailable: %s: %s\n", why, strerror(err));
       else dprintf(1, "sharing on\n");
       _exit(0);
     }

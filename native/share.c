@@ -271,21 +271,23 @@ int share_check_kernel(const char **why) {
   socklen_t len = sizeof cookie;
   if (s < 0 || getsockopt(s, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) < 0) {
     int e = errno;
-    *why = "SO_NETNS_COOKIE (Linux 5.14)";
+    *why = "this kernel lacks SO_NETNS_COOKIE (Linux 5.14)";
     if (s >= 0) close(s);
     return e;
   }
   close(s);
   int listener = install_filter(1);
   if (listener < 0) {
-    *why = "seccomp user notification (Linux 5.0) on this architecture";
+    /* EPERM/EACCES: a filter already in place (a container's profile) refuses new ones. */
+    *why = errno == EPERM || errno == EACCES ? "seccomp filters are refused here (a container's seccomp profile?)"
+                                             : "this kernel lacks seccomp user notification (Linux 5.0) on this architecture";
     return errno;
   }
   struct seccomp_notif_addfd addfd = {.id = 0, .flags = SECCOMP_ADDFD_FLAG_SETFD, .srcfd = 0, .newfd = 0, .newfd_flags = 0};
   /* No such notification (ENOENT) means the request itself was understood. */
   if (ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd) == 0 || errno != ENOENT) {
     int e = errno;
-    *why = "SECCOMP_IOCTL_NOTIF_ADDFD with SECCOMP_ADDFD_FLAG_SETFD (Linux 5.14)";
+    *why = "this kernel lacks SECCOMP_IOCTL_NOTIF_ADDFD with SECCOMP_ADDFD_FLAG_SETFD (Linux 5.14)";
     close(listener);
     return e ? e : EINVAL;
   }

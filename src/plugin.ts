@@ -158,7 +158,7 @@ function listenRefusalFor(options: ResolvedNetnsOptions, launch: LaunchPlan, res
     return `vitest-environment-netns: netns.listen() needs the native launcher, and this run uses the shell launcher${launch.why ? ` (${launch.why})` : ''}: a listener is a host socket, and only the native launcher's connect filter keeps a test from connecting it anew. Use launcher: 'auto' or 'native'${launch.why ? `, and ${COMPILER_FIX}` : ''}.`
   }
   if (result.sharing !== 'on') {
-    return `vitest-environment-netns: netns.listen() needs seccomp user notification, which is unavailable here (${result.sharing.replace(/^unavailable: /, '')}): a listener is a host socket, and only the connect filter keeps a test from connecting it anew. See npx vitest-environment-netns doctor.`
+    return `vitest-environment-netns: netns.listen() needs the connect filter (seccomp user notification), which cannot run here: ${result.sharing.replace(/^unavailable: /, '')}. A listener is a host socket, and only that filter keeps a test from connecting it anew. See npx vitest-environment-netns doctor.`
   }
   return undefined
 }

@@ -1,0 +1,47 @@
+// Where the connect filter cannot run (a seccomp profile that refuses new
+// filters, as some containers have; deny-seccomp plays it), what needs it
+// says so and falls back: doctor's row, netns.listen() refused with the
+// reason, rootless uplinks relayed by the hub and the start line saying why.
+import { execFileSync, spawnSync } from 'node:child_process'
+import { join } from 'node:path'
+import { beforeAll, expect, test } from 'vitest'
+import { failures, outDir, repoRoot, runFixture } from './helpers.js'
+
+const root = process.getuid?.() === 0
+const WHY = "seccomp filters are refused here (a container's seccomp profile?): Operation not permitted"
+let deny = ''
+
+beforeAll(() => {
+  deny = join(outDir, `deny-seccomp-${process.pid}`)
+  execFileSync('cc', ['-O2', '-Wall', '-o', deny, join(repoRoot, 'test', 'helpers', 'deny-seccomp.c')], { stdio: 'pipe' })
+})
+
+test('doctor names the missing connect filter and what it costs', () => {
+  const run = spawnSync(deny, [process.execPath, join(repoRoot, 'dist', 'cli.js'), 'doctor'], { encoding: 'utf8', timeout: 60_000 })
+  expect(run.status, run.stdout + run.stderr).toBe(0)
+  expect(run.stdout).toMatch(new RegExp(`^ {2}connect filter \\(seccomp user notification\\) +note +unavailable: ${WHY.replace(/[()?]/g, '\\$&')}: hostPorts and shareHostPort fail, netns\\.listen\\(\\) is refused, rootless uplinks relay everything$`, 'm'))
+  if (!root) expect(run.stdout).toMatch(/^ {2}uplinks: host services and forwards +note +relayed by the hub \(about half host-loopback throughput\): no socket hand-over, seccomp filters are refused here/m)
+})
+
+test('netns.listen() is refused, saying why', async () => {
+  const result = await runFixture('listen', {
+    wrapper: [deny],
+    env: { LISTEN_REFUSED_WHY: `netns.listen() needs the connect filter (seccomp user notification), which cannot run here: ${WHY}. A listener is a host socket` },
+  })
+  expect(result.code, failures(result)).toBe(0)
+  expect(result.report?.numPassedTests).toBe(2)
+})
+
+test('uplink host services still work, through the relay (rootless) or DNAT (root), and the start line says which', async () => {
+  const result = await runFixture('uplink', {
+    wrapper: [deny],
+    env: { NETNS_INCLUDE: 'test/host-service.test.ts', NETNS_NO_UPSTREAM: '1' },
+  })
+  expect(result.code, failures(result)).toBe(0)
+  expect(result.stdout).toContain(root ? 'uplinks: veth in the host namespace, kernel NAT' : `uplinks: hub namespace, host services and forwards relayed by the hub (no socket hand-over: ${WHY})`)
+  const { hostService } = result.records
+  expect(hostService.get.reply).toBe('works')
+  expect(hostService.cli).toBe('PONG')
+  // Not handed over: the socket's peer is the gateway (root's DNAT or the hub's relay).
+  expect(hostService.peer.remoteAddress).toBe(hostService.uplink.gateway)
+})
