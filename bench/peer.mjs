@@ -1,10 +1,12 @@
-// A TCP end for bench/uplink.mjs, run on the host, inside a sandbox or inside
+// A TCP (or UDP) end for bench/uplink.mjs, run on the host, inside a sandbox or inside
 // the fake upstream namespace. It takes one JSON command per line on stdin and
 // answers each with one JSON line on stdout, in order:
 //
 //   {"op":"listen","host":"0.0.0.0","port":0}                   -> {"port":N}
 //   {"op":"throughput","host":H,"port":P,"maxBytes":B,"maxMs":T} -> {"bytes":N,"ms":M}
 //   {"op":"rtt","host":H,"port":P,"count":C,"maxMs":T}           -> {"samples":[µs,...]}
+//   {"op":"listenUdp","host":H,"port":0}                         -> {"port":N}  (a UDP echo server)
+//   {"op":"udpRtt","host":H,"port":P,"count":C,"maxMs":T}        -> {"samples":[µs,...]}  (one-byte datagrams)
 //
 // A server answers each connection by its first byte: 'T' = count everything
 // until the client's FIN, then reply with the count; 'P' = echo every byte
@@ -15,6 +17,7 @@
 //
 // The peer exits when stdin ends (the bench exited or was killed), and in any
 // case after 10 minutes.
+import { createSocket } from 'node:dgram'
 import { connect, createServer } from 'node:net'
 import { createInterface } from 'node:readline'
 
@@ -151,9 +154,52 @@ async function rtt({ host, port, count, maxMs }) {
   })
 }
 
+// ---------------------------------------------------------------- UDP
+
+/** A UDP echo server: every datagram goes back to its sender. */
+function listenUdp({ host, port }) {
+  const server = createSocket('udp4')
+  server.on('message', (message, from) => server.send(message, from.port, from.address))
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.bind(port, host, () => resolve({ port: server.address().port }))
+  })
+}
+
+/** One-byte datagram ping-pongs from one socket, each timed on its own; one left unanswered for 1 s ends the run with an error. */
+function udpRtt({ host, port, count, maxMs }) {
+  checkTarget(host)
+  const socket = createSocket('udp4')
+  return new Promise((resolve, reject) => {
+    const samples = []
+    const started = performance.now()
+    let sentAt = 0
+    let timer
+    const done = (error) => {
+      clearTimeout(timer)
+      socket.close()
+      if (error) reject(error)
+      else resolve({ samples })
+    }
+    const ping = () => {
+      if (samples.length >= count || performance.now() - started >= maxMs) return done()
+      sentAt = performance.now()
+      timer = setTimeout(() => done(new Error(`no answer from ${host}:${port} in 1 s (a datagram lost)`)), 1000)
+      socket.send('x', port, host)
+    }
+    socket.on('message', () => {
+      clearTimeout(timer)
+      samples.push((performance.now() - sentAt) * 1000)
+      ping()
+    })
+    socket.on('error', done)
+    ping()
+  })
+}
+
 // ---------------------------------------------------------------- command loop
 
-const handlers = { listen: ({ host, port }) => listen(host, port), throughput, rtt }
+const handlers = { listen: ({ host, port }) => listen(host, port), throughput, rtt, listenUdp, udpRtt }
 let queue = Promise.resolve()
 createInterface({ input: process.stdin }).on('line', (line) => {
   // One command at a time, so replies come back in order and measurements never overlap.

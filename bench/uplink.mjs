@@ -21,7 +21,8 @@
 // rootless: the socket hand-over, and the hub's relay as the fallback, from a
 // sandbox without the hand-over channel); forward asked before the server
 // binds (rootless: the server listens on a host socket) and after (rootless:
-// the relay). netns.listen() has its own benchmark, bench/listen.mjs.
+// the relay); and the UDP round trip through hostService and forward. netns.listen()
+// has its own benchmark, bench/listen.mjs.
 //
 // Traffic only ever goes to loopback, to the sandboxes made here and to a fake
 // upstream namespace made here (never past this machine; rootless never
@@ -56,7 +57,7 @@ const FLAGS = ['vitest', 'skip-attach', 'skip-net']
 const parse = (argv) =>
   parseArgs(argv, {
     script: import.meta.url,
-    helpLines: 24,
+    helpLines: 26,
     defaults: { ...defaults, pool: '10.214.0.0/16' },
     limits,
     flags: FLAGS,
@@ -486,6 +487,7 @@ async function benchNet(ctx, args) {
     return p
   }
   const paths = []
+  const udpPaths = []
   let session, relayBox, relaySession
   let mtus = ''
   // Segment size matters more than anything else here: loopback's MTU is 64 KiB, a veth's 1500 unless set.
@@ -575,6 +577,24 @@ async function benchNet(ctx, args) {
         }
       }
     }
+    // UDP round trips: host loopback against hostService and forward UDP (root: kernel DNAT; rootless: the hub's datagram relay).
+    try {
+      const { port: udpPort } = await hostServer.request({ op: 'listenUdp', host: '127.0.0.1', port: 0 }, 5000)
+      const udpService = await session.handle({ op: 'hostService', port: udpPort, protocol: 'udp' })
+      udpPaths.push({ name: 'UDP host loopback (baseline)', client: hostClient, host: '127.0.0.1', port: udpPort, rtt: [] })
+      udpPaths.push({ name: `UDP hostService → ${udpService.host} → host 127.0.0.1`, client: box, host: udpService.host, port: udpService.port, rtt: [] })
+      const { port: boxUdpPort } = await box.request({ op: 'listenUdp', host: '0.0.0.0', port: 0 }, 5000)
+      const udpForward = await session.handle({ op: 'forward', port: boxUdpPort, protocol: 'udp' })
+      udpPaths.push({ name: `UDP forward: host 127.0.0.1 → ${attached.address}`, client: hostClient, host: udpForward.host, port: udpForward.port, rtt: [] })
+      for (let rep = 0; rep < args.reps; rep++) {
+        for (const p of udpPaths.map((_, i, all) => all[(i + rep) % all.length])) {
+          const r = await p.client.request({ op: 'udpRtt', host: p.host, port: p.port, count: args.pings, maxMs: 5000 }, 15_000)
+          p.rtt.push(...r.samples)
+        }
+      }
+    } catch (error) {
+      fail('UDP round trips', error)
+    }
   } catch (error) {
     fail('network set-up', error)
   } finally {
@@ -598,6 +618,12 @@ async function benchNet(ctx, args) {
   console.log('\nThroughput, one TCP connection (MB/s = 10^6 bytes/s, median of runs)\n\n' + table(['mode', 'path', 'runs', 'MB/s', 'vs loopback', 'issue'], tput))
   if (mtus) console.log(`\n  ${mtus}`)
   console.log('\nRound trip, one byte each way (µs; all ping-pongs of all runs)\n\n' + table(['mode', 'path', 'n', 'median µs', 'p90 µs', 'vs loopback', 'issue'], rtt))
+  const udpBase = udpPaths[0]
+  if (udpBase?.rtt.length) {
+    const udp = udpPaths.map((p) => [MODE, p.name, p.rtt.length, fmt(median(p.rtt)), fmt(p90(p.rtt)), p === udpBase ? '1.00×' : ratio(median(p.rtt), median(udpBase.rtt))])
+    console.log('\nUDP round trip, one-byte datagrams (µs; all ping-pongs of all runs)\n\n' + table(['mode', 'path', 'n', 'median µs', 'p90 µs', 'vs loopback'], udp))
+    summary.push(...udpPaths.map(({ name, rtt: samples }) => ({ name, mbps: [], rttMedianUs: median(samples), rttP90Us: p90(samples), rttCount: samples.length })))
+  }
   return summary
 }
 

@@ -146,6 +146,7 @@ static int cmd_attach(uint32_t sandbox, uint32_t id, uint32_t base) {
 /* Detach: the test's rules, listeners and relayed connections go, and both ends of the veth go down. */
 static void take_down(struct uplink *u) {
   delete_rules(u);
+  close_flows_of(u->id); /* before the listeners they name */
   for (int i = 0; i < u->nsockets; i++) {
     epoll_ctl(epoll_fd, EPOLL_CTL_DEL, u->sockets[i], NULL);
     close(u->sockets[i]);
@@ -201,14 +202,52 @@ static struct uplink *attached_uplink(uint32_t sandbox) {
   return u;
 }
 
+/*
+ * Hub, UDP: a socket of the hub's bound at gateway:PORT, where the test's
+ * datagrams arrive, let in by an accept rule for this uplink; the relay gives
+ * each of the test's sockets a host socket connected to 127.0.0.1:HOSTPORT.
+ */
+static int hub_udp_service(struct uplink *u, const char *name, uint32_t port, uint32_t host_port) {
+  for (int i = 0; i < u->nsockets; i++) {
+    struct listener *l = u->listeners[i];
+    if (!l || l->item.kind != UDP_SERVICE || l->own_port != port) continue;
+    if (l->to_port == host_port) {
+      reply("ok"); /* asked again: the same relay */
+      return 0;
+    }
+    return fail("hostservice", EADDRINUSE, "port %u at the gateway relays to host port %u already", port, l->to_port);
+  }
+  if (u->nsockets == MAX_SOCKETS) return fail("hostservice", ENOSPC, "too many UDP host services and forwards for one test");
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return fail("socket", errno, "cannot make a UDP socket in the hub");
+  struct sockaddr_in at = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = ip_be(u->base + 1)};
+  if (bind(fd, (struct sockaddr *)&at, sizeof at) < 0) {
+    int e = errno;
+    close(fd);
+    return fail("bind", e, "cannot bind the gateway's UDP port %u in the hub", port);
+  }
+  struct rule_args a = {.ifname = name, .match_addr = u->base + 1, .match_port = (uint16_t)port, .proto = IPPROTO_UDP};
+  int err = add_rule(u, "relayed", build_relayed, &a);
+  if (err) {
+    close(fd);
+    return fail("nft", err, "cannot add the host service rule");
+  }
+  if (!udp_listener(u, UDP_SERVICE, fd, 0x7f000001, (uint16_t)host_port, (uint16_t)port)) {
+    close(fd);
+    return fail("hostservice", ENOMEM, "out of memory");
+  }
+  reply("ok");
+  return 0;
+}
+
 static int cmd_hostservice(uint32_t sandbox, uint8_t proto, uint32_t port, uint32_t host_port) {
   struct uplink *u = attached_uplink(sandbox);
   if (!u) return -1;
   char name[IFNAMSIZ];
   outer_name(u->id, name);
   struct rule_args a = {.ifname = name, .match_addr = u->base + 1, .match_port = (uint16_t)port, .proto = proto, .nat_addr = 0x7f000001, .nat_port = (uint16_t)host_port};
+  if (hub_mode && proto == IPPROTO_UDP) return hub_udp_service(u, name, port, host_port);
   if (hub_mode) {
-    if (proto != IPPROTO_TCP) return fail("hostservice", EPROTONOSUPPORT, "rootless uplinks relay TCP only");
     int err = 0;
     struct listener *l = service_listener((uint16_t)host_port, &err);
     if (!l) return fail("hostservice", err, "cannot listen in the hub for host port %u", host_port);
@@ -224,12 +263,14 @@ static int cmd_forward(uint32_t sandbox, uint8_t proto, uint32_t host_port, uint
   struct uplink *u = attached_uplink(sandbox);
   if (!u) return -1;
   if (u->nsockets == MAX_SOCKETS) return fail("forward", ENOSPC, "too many forwards for one test");
-  if (hub_mode && proto != IPPROTO_TCP) return fail("forward", EPROTONOSUPPORT, "rootless uplinks relay TCP only");
   /* Root: a socket bound to the port holds it for this run (DNAT takes the traffic before it).
-   * Hub: a listener in the host's namespace, made there by the host-side process. */
-  int fd = hub_mode ? host_socket() : socket(AF_INET, (proto == IPPROTO_TCP ? SOCK_STREAM : SOCK_DGRAM) | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+   * Hub: a listener (TCP) or the relay's socket (UDP) in the host's namespace, made there by
+   * the host-side process. */
+  int type = proto == IPPROTO_TCP ? SOCK_STREAM : SOCK_DGRAM;
+  int fd = hub_mode ? host_socket(type) : socket(AF_INET, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return fail("socket", errno, "cannot make a socket for the forward");
-  if (hub_mode) {
+  /* Not for UDP, where SO_REUSEADDR would let another socket share the port. */
+  if (hub_mode && type == SOCK_STREAM) {
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   }
@@ -243,7 +284,13 @@ static int cmd_forward(uint32_t sandbox, uint8_t proto, uint32_t host_port, uint
   socklen_t len = sizeof at;
   getsockname(fd, (struct sockaddr *)&at, &len);
   uint16_t bound = ntohs(at.sin_port);
-  if (hub_mode) {
+  if (hub_mode && type == SOCK_DGRAM) {
+    /* Each host peer gets a hub socket connected to the test's address:PORT (uplink-udp.c). */
+    if (!udp_listener(u, UDP_FORWARD, fd, u->base + 2, (uint16_t)port, 0)) {
+      close(fd);
+      return fail("forward", ENOMEM, "out of memory");
+    }
+  } else if (hub_mode) {
     if (listen(fd, 128) < 0) {
       int e = errno;
       close(fd);

@@ -9,6 +9,7 @@
  *   uplink-nft.c         the nf_tables batch builder, ruleset and rule shapes
  *   uplink-forwarding.c  root: per-interface forwarding shared across runs
  *   uplink-relay.c       the hub's splice relay and its host-side process
+ *   uplink-udp.c         the hub's datagram relay: UDP host services and forwards
  */
 #ifndef NETNS_UPLINK_INTERNAL_H
 #define NETNS_UPLINK_INTERNAL_H
@@ -67,19 +68,20 @@ struct uplink {
   int negress_ifs;
 };
 
-/* epoll items: stdin, listeners, and both sockets of a relayed connection */
-enum kind { STDIN, LISTEN_FORWARD, LISTEN_SERVICE, CONN_SIDE };
+/* epoll items: stdin, listeners, both sockets of a relayed connection, and the UDP relay's
+ * sockets (a listener receiving from many peers, one connected socket per peer: a flow) */
+enum kind { STDIN, LISTEN_FORWARD, LISTEN_SERVICE, CONN_SIDE, UDP_FORWARD, UDP_SERVICE, UDP_FLOW };
 struct item {
   enum kind kind;
   int fd;
 };
 struct listener {
   struct item item;
-  uint32_t owner;     /* LISTEN_FORWARD: the uplink id */
+  uint32_t owner;     /* LISTEN_FORWARD, UDP_*: the uplink id */
   uint32_t to_addr;   /* forward: the test's address; service: 127.0.0.1 */
   uint16_t to_port;
-  uint16_t host_port; /* LISTEN_SERVICE: the host port it relays to */
-  uint16_t own_port;  /* LISTEN_SERVICE: the port it listens on in the hub */
+  uint16_t host_port; /* LISTEN_SERVICE: the host port it relays to; forwards: the host port it holds */
+  uint16_t own_port;  /* LISTEN_SERVICE: the port it listens on in the hub; UDP_SERVICE: the port at the gateway */
 };
 struct conn;
 struct side {
@@ -126,6 +128,7 @@ struct rule_args {
 };
 void build_service(struct msg *m, void *p);
 void build_forward(struct msg *m, void *p);
+void build_relayed(struct msg *m, void *p);
 void build_egress(struct msg *m, void *p);
 
 /* ---- forwarding on egress interfaces, root (uplink-forwarding.c) ---- */
@@ -137,13 +140,26 @@ void reclaim_forwarding(void);
 
 /* ---- the hub's relay (uplink-relay.c) ---- */
 
-int host_socket(void);
+/* A socket of `type` (SOCK_STREAM or SOCK_DGRAM) in the host's network namespace, checked. */
+int host_socket(int type);
 void watch(struct item *item, uint32_t events, int op);
 void on_accept(struct listener *l);
 void on_conn_event(struct side *side, uint32_t events);
 void close_conns_of(uint32_t id);
 struct listener *service_listener(uint16_t host_port, int *err);
 int run_host_side(pid_t hub, int channel);
+
+/* ---- the hub's datagram relay (uplink-udp.c) ---- */
+
+#define UDP_FLOW_IDLE_MS 60000 /* a flow with no datagram either way for this long is closed */
+#define MAX_FLOWS_PER_UPLINK 256
+#define MAX_FLOWS 4096
+struct listener *udp_listener(struct uplink *u, enum kind kind, int fd, uint32_t to_addr, uint16_t to_port, uint16_t own_port);
+void on_udp_listener(struct listener *l);
+void on_udp_flow(struct item *item);
+void close_flows_of(uint32_t id);
+int udp_timeout_ms(void);
+void expire_flows(void);
 
 /* ---- commands (uplink-commands.c) ---- */
 

@@ -1,7 +1,7 @@
 /*
  * The uplink helper's nf_tables part: the batch builder, the run's ruleset
  * (see docs/how-it-works.md for it in nft syntax), the per-test rule shapes
- * (host service, forward, egress), and reclaiming tables of dead helpers.
+ * (host service, forward, relayed, egress), and reclaiming tables of dead helpers.
  */
 #define _GNU_SOURCE
 #include "uplink-internal.h"
@@ -193,6 +193,14 @@ int create_ruleset(void) {
   add_chain(&m, "input", NF_INET_LOCAL_IN, 0, "filter");
   simple_rule(&m, "input", 0, NFT_CT_STATE, CT_ESTABLISHED_RELATED);
   simple_rule(&m, "input", 0, NFT_CT_STATUS, CT_STATUS_DNAT); /* host services the test asked for */
+  if (hub_mode) {
+    /* The hub's own sockets at a gateway (UDP host services): one accept rule each, per test. */
+    add_chain(&m, "relayed", 0, 0, NULL);
+    r = rule_begin(&m, "input", 0, &exprs);
+    if_in_set(&m, 0, 0);
+    verdict(&m, NFT_JUMP, "relayed");
+    rule_end(&m, r, exprs);
+  }
   reject_rules(&m, "input", from_uplink);
 
   add_chain(&m, "egress", 0, 0, NULL);
@@ -363,6 +371,14 @@ void build_forward(struct msg *m, void *p) {
   l4proto_is(m, a->proto);
   dport_is(m, a->match_port);
   nat(m, NFT_NAT_DNAT, a->nat_addr, a->nat_port);
+}
+void build_relayed(struct msg *m, void *p) {
+  struct rule_args *a = p;
+  if_is(m, 0, a->ifname);
+  addr_in(m, 16, a->match_addr, 32);
+  l4proto_is(m, a->proto);
+  dport_is(m, a->match_port);
+  accept_verdict(m);
 }
 void build_egress(struct msg *m, void *p) {
   struct rule_args *a = p;

@@ -33,9 +33,13 @@ static struct listener *services[64];
 static int nservices;
 static struct conn *conns[MAX_CONNS];
 
-/* A socket in the host's network namespace, made by the host-side process. */
-int host_socket(void) {
-  char c = 's';
+/*
+ * A socket in the host's network namespace, made by the host-side process:
+ * one byte asks ('s' stream, 'd' datagram), the answer is the descriptor or
+ * an errno. What arrives is checked to be what was asked for.
+ */
+int host_socket(int type) {
+  char c = type == SOCK_DGRAM ? 'd' : 's';
   if (send(factory, &c, 1, 0) != 1) return -1;
   char data;
   char control[CMSG_SPACE(sizeof(int))];
@@ -48,8 +52,15 @@ int host_socket(void) {
     errno = (unsigned char)data;
     return -1;
   }
-  int fd;
+  int fd, got_type = 0, domain = 0;
   memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+  socklen_t len = sizeof got_type;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &got_type, &len) < 0 || got_type != type || (len = sizeof domain, getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len)) < 0 ||
+      domain != AF_INET) {
+    close(fd);
+    errno = EPROTO;
+    return -1;
+  }
   return fd;
 }
 
@@ -190,7 +201,7 @@ void on_accept(struct listener *l) {
       conn_start(fd, out, l->to_addr, l->to_port, l->owner);
     } else {
       /* From a test (its address is the peer: DNAT changed only the destination) to the host's loopback. */
-      int out = host_socket();
+      int out = host_socket(SOCK_STREAM);
       if (out < 0) {
         close(fd);
         continue;
@@ -259,7 +270,8 @@ int run_host_side(pid_t hub, int channel) {
       continue;
     }
     if (n <= 0) break;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    /* 's' or 'd' only: anything else is answered with EINVAL and no socket. */
+    int fd = c == 's' || c == 'd' ? socket(AF_INET, (c == 's' ? SOCK_STREAM : SOCK_DGRAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) : (errno = EINVAL, -1);
     char data = fd < 0 ? (char)errno : 0;
     char control[CMSG_SPACE(sizeof(int))];
     memset(control, 0, sizeof control);

@@ -18,8 +18,8 @@
  *           namespace, so it may configure them. The parent stays in the
  *           host's network namespace and only makes sockets there, passed to
  *           the hub over a unix socket: the hub relays forwards and host
- *           services to the host's loopback with splice(2), without
- *           /dev/net/tun.
+ *           services to the host's loopback with splice(2) (UDP: datagram
+ *           by datagram, uplink-udp.c), without /dev/net/tun.
  *
  * The line protocol is in uplink-protocol.c; the other parts are listed in
  * uplink-internal.h. This file: the run's state, start-up, the main loop.
@@ -178,7 +178,7 @@ int uplink_main(int argc, char **argv) {
   static struct line_reader reader;
   while (!stopping) {
     struct epoll_event events[64];
-    int n = epoll_wait(epoll_fd, events, 64, -1);
+    int n = epoll_wait(epoll_fd, events, 64, udp_timeout_ms());
     if (n < 0) continue; /* EINTR: a signal; the loop condition decides */
     for (int i = 0; i < n; i++) {
       struct item *item = events[i].data.ptr;
@@ -187,12 +187,18 @@ int uplink_main(int argc, char **argv) {
         break; /* a command may have closed connections the rest of this batch names */
       } else if (item->kind == LISTEN_FORWARD || item->kind == LISTEN_SERVICE) {
         on_accept((struct listener *)item);
+      } else if (item->kind == UDP_FORWARD || item->kind == UDP_SERVICE) {
+        on_udp_listener((struct listener *)item);
+        break; /* a new flow may have closed the least recent one, which the rest of this batch may name */
+      } else if (item->kind == UDP_FLOW) {
+        on_udp_flow(item);
       } else {
         on_conn_event((struct side *)item, events[i].events);
         /* The connection may be gone now; the rest of this batch may name it: start over. */
         break;
       }
     }
+    expire_flows();
   }
   clean_up();
   return 0;

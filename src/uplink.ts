@@ -29,14 +29,14 @@ export interface Endpoint {
 export interface ForwardOptions {
   /** Host port to use; taken by another process → error. Default: a free one. */
   hostPort?: number
-  /** Default `'tcp'`. Rootless mode relays TCP only. */
+  /** Default `'tcp'`. Rootless, UDP is relayed by the hub datagram by datagram (docs/uplink.md). */
   protocol?: 'tcp' | 'udp'
 }
 
 export interface HostServiceOptions {
   /** Port the test connects to on the gateway. Default: the service's own port. */
   as?: number
-  /** Default `'tcp'`. Rootless mode relays TCP only. */
+  /** Default `'tcp'`. Rootless, UDP is relayed by the hub datagram by datagram (docs/uplink.md). */
   protocol?: 'tcp' | 'udp'
 }
 

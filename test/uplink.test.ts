@@ -131,14 +131,35 @@ describe('the uplink fixture', () => {
     expect(egressNat.a.reply).toBe('198.51.100.1 8080')
     expect(egressNat.b.reply).toBe('198.51.100.1 8081')
 
-    // UDP: kernel DNAT as root (the echo server sees a loopback client); the rootless hub relays TCP only.
-    if (root) {
-      expect(udp.hostService.reply).toBe('echo hello from the test from 127.0.0.1')
-      expect(udp.forward.viaHost.reply).toBe('ok inside got hello from the host')
-    } else {
-      expect(udp.hostService.error).toMatch(/^vitest-environment-netns: hostservice: EPROTONOSUPPORT: rootless uplinks relay TCP only$/)
-      expect(udp.forward.error).toMatch(/^vitest-environment-netns: forward: EPROTONOSUPPORT: rootless uplinks relay TCP only$/)
+    // UDP: kernel DNAT as root, the hub's datagram relay rootless. Either way the echo server
+    // sees a loopback client, and each peer (two sockets at once) gets its own answers.
+    expect(udp.hostService.error).toBeUndefined()
+    expect(udp.hostService.service.host).toMatch(POOL)
+    expect(udp.hostService.reply).toBe('echo hello from the test from 127.0.0.1')
+    expect(udp.hostService.twoPeers).toEqual(['echo a from 127.0.0.1', 'echo b from 127.0.0.1'])
+    expect(udp.hostService.again).toBe('ok')
+    expect(udp.forward.error).toBeUndefined()
+    expect(udp.forward.viaHost.reply).toBe('ok inside got hello from the host')
+    expect(udp.forward.twoPeers.reply).toBe('ok inside got one | inside got two')
+    // While it ran, the forward held its host port; rootless, the relay also held a host socket
+    // per peer of the echo server and, in the hub, a socket at the gateway and one per host peer.
+    const forwardPort = udp.forward.forward.port
+    expect(udp.during.taken).toContain(forwardPort)
+    if (!root) {
+      expect(udp.during.echoPeers).toHaveLength(3)
+      expect(udp.during.taken.sort()).toEqual([forwardPort, ...udp.during.echoPeers].sort())
+      expect(udp.during.outerSockets).toBe(1 + 3)
     }
+    // The next test of the file: the port is free, and nothing of the relays is left.
+    const { afterUdp } = result.records
+    expect(afterUdp.state.error).toBeUndefined()
+    expect(afterUdp.state.taken).toEqual([])
+    expect(afterUdp.state.outerSockets).toBe(0)
+    // 300 test sockets one after the other, all answered; rootless, the hub kept 256 flows
+    // (its limit per uplink: the least recently used went), each with its host socket.
+    const { udpMany } = result.records
+    expect(udpMany.answered).toBe(300)
+    if (!root) expect(udpMany.state.taken).toHaveLength(256)
 
     // A connection left open through the uplink does not keep the file's veth alive (checked below).
     expect(result.records.leavesOpen.address).toMatch(POOL)
