@@ -251,6 +251,9 @@ export class NetnsPoolWorker implements PoolWorker {
     if (uplink && child.pid) this.serveUplink(child, uplink, (child.stdio as unknown as Duplex[])[UPLINK_FD]!)
     const control = this.launch.controlFd ? (child.stdio[this.launch.controlFd] as Duplex) : undefined
     const listeners = new HostListeners(child, this.plan.listen !== false)
+    // netns.listen({ protocol: 'udp' }): the host sockets relayed for this worker go with it.
+    child.once('disconnect', () => listeners.closeAll())
+    child.once('exit', () => listeners.closeAll())
     child.on('message', (received) => {
       // netns.listen(): answered here, never seen by Vitest.
       if (isListenMessage(received)) return listeners.handle(received)
