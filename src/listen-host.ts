@@ -1,10 +1,9 @@
 // The pool's side of netns.listen(): for each request a netns worker sends, a
 // socket on the host's loopback, made here in Vitest's process (the host's
 // network namespace). TCP: the listening socket is handed to the worker over
-// its IPC channel; the worker serves the host's clients on it and still cannot
-// open a connection of its own (namespaces do not reach a descriptor a process
-// already holds, and a listening socket cannot connect). Our copy is closed
-// once it is sent. UDP: the socket stays here and its datagrams are relayed
+// its IPC channel; the worker serves the host's clients on it (namespaces do
+// not reach a descriptor a process already holds). Our copy is closed once it
+// is sent. UDP: the socket stays here and its datagrams are relayed
 // (listen-udp-host.ts), since a datagram socket could send anywhere.
 import type { ChildProcess } from 'node:child_process'
 import { createSocket, type Socket as UdpSocket } from 'node:dgram'
