@@ -44,17 +44,21 @@ describe.each(['native', 'shell'] as const)('netns.listen with the %s launcher',
   test('serves the host, stays offline, frees its ports, refuses bad input', async () => {
     const fixed = await freePort()
     const fixedUdp = await bindUdp(0)
+    const leftOpen = await bindUdp(0)
     const result = await runFixture('listen', {
       env: {
         NETNS_LAUNCHER: launcher,
         LISTEN_FREE_PORT: String(fixed),
         LISTEN_FREE_UDP_PORT: String(fixedUdp),
+        LISTEN_LEFT_OPEN_UDP_PORT: String(leftOpen),
         LISTEN_BUSY_PORT: String((busy.address() as AddressInfo).port),
         LISTEN_ROOT: root ? '1' : '0',
       },
     })
     expect(result.code, failures(result)).toBe(0)
-    expect(result.report?.numPassedTests).toBe(12)
+    expect(result.report?.numPassedTests).toBe(13)
+    // A UDP listener nobody closed was closed with its worker, before the global teardown.
+    expect(result.records['left-open-udp-port-free']).toBe(true)
     // After the run every port it held is free on the host.
     for (const port of [fixed, result.records['http-port'] as number]) (await listenOn(port)).close()
     for (const port of [fixedUdp, result.records['udp-port'] as number]) await bindUdp(port)
