@@ -1,16 +1,28 @@
 // The pool's side of netns.listen(): for each request a netns worker sends, a
-// listening TCP socket (or a bound UDP socket) on the host's loopback, made
-// here in Vitest's process (the host's network namespace) and handed to the
-// worker over its IPC channel. The worker serves the host's clients on it and
-// still cannot open a connection of its own: namespaces do not reach a
-// descriptor a process already holds. Our copy is closed once it is sent.
+// socket on the host's loopback, made here in Vitest's process (the host's
+// network namespace). TCP: the listening socket is handed to the worker over
+// its IPC channel; the worker serves the host's clients on it (namespaces do
+// not reach a descriptor a process already holds). Our copy is closed once it
+// is sent. UDP: the socket stays here and its datagrams are relayed
+// (listen-udp-host.ts), since a datagram socket could send anywhere.
 import type { ChildProcess } from 'node:child_process'
 import { createSocket, type Socket as UdpSocket } from 'node:dgram'
 import { createServer, type AddressInfo, type Server } from 'node:net'
-import { LISTEN_KEY, parseListenRequest, type ListenDelivery, type ListenReply, type ListenRequest } from './listen-protocol.js'
+import {
+  LISTEN_KEY,
+  parseListenClose,
+  parseListenRequest,
+  parseListenSend,
+  type ListenDelivery,
+  type ListenReply,
+  type ListenRequest,
+} from './listen-protocol.js'
+import { HostUdpListener } from './listen-udp-host.js'
 
 /** Sockets one worker may ask for in its life: each holds a host port until the test ends. */
 export const MAX_LISTENERS_PER_WORKER = 256
+/** Bytes of relayed datagrams on their way to the worker; beyond it, host datagrams are dropped (a worker that does not read costs no memory). */
+const MAX_UNSENT_BYTES = 4 * 1024 * 1024
 
 interface RawHandle {
   onconnection?: (status: number, client?: RawHandle) => void
@@ -19,15 +31,36 @@ interface RawHandle {
 
 export class HostListeners {
   private made = 0
+  /** This worker's open UDP listeners, by request id. */
+  private readonly udp = new Map<number, HostUdpListener>()
+  private unsentBytes = 0
+  private closed = false
 
-  /** @param refusal why every request is refused (listen: false, or no connect filter here); undefined: served. */
+  /**
+   * @param refusal why requests are refused, or undefined: served. `all`: listen: false. `tcp`: no connect filter
+   *   here, so no host socket may be handed in (UDP listeners are relayed, and need none).
+   */
   constructor(
     private readonly child: ChildProcess,
-    private readonly refusal: string | undefined,
+    private readonly refusal: { all?: string; tcp?: string } = {},
   ) {}
 
   /** Answers a netns.listen() message from the worker (never passed on to Vitest). */
   handle(message: Record<string, unknown>): void {
+    // Relay traffic: acted on only when well-formed and naming this worker's open listener and a known peer; else dropped.
+    if (message[LISTEN_KEY] === 'send') {
+      const send = parseListenSend(message)
+      if (send) this.udp.get(send.id)?.sendTo(send.peer, send.data)
+      return
+    }
+    if (message[LISTEN_KEY] === 'close') {
+      const close = parseListenClose(message)
+      if (close) {
+        this.udp.get(close.id)?.close()
+        this.udp.delete(close.id)
+      }
+      return
+    }
     const parsed = parseListenRequest(message)
     if ('error' in parsed) {
       // A request without an id cannot be answered: the worker never sends one.
@@ -35,8 +68,10 @@ export class HostListeners {
       return
     }
     const { request } = parsed
-    if (this.refusal !== undefined) {
-      return this.send({ [LISTEN_KEY]: 'listening', id: request.id, error: this.refusal })
+    if (this.closed) return
+    const refused = this.refusal.all ?? (request.protocol === 'tcp' ? this.refusal.tcp : undefined)
+    if (refused !== undefined) {
+      return this.send({ [LISTEN_KEY]: 'listening', id: request.id, error: refused })
     }
     if (this.made >= MAX_LISTENERS_PER_WORKER) {
       return this.send({ [LISTEN_KEY]: 'listening', id: request.id, error: `vitest-environment-netns: netns.listen(): a file may ask for at most ${MAX_LISTENERS_PER_WORKER} listeners.` })
@@ -62,22 +97,38 @@ export class HostListeners {
 
   private bindUdp(request: ListenRequest) {
     const socket: UdpSocket = createSocket({ type: request.host === '::1' ? 'udp6' : 'udp4' })
-    socket.once('error', (error) => {
+    const onBindError = (error: NodeJS.ErrnoException) => {
       this.send({ [LISTEN_KEY]: 'listening', id: request.id, error: bindError(error, request) })
       socket.close()
-    })
-    // Datagrams our copy reads before it is closed are passed on, not lost.
-    socket.on('message', (data, from) => {
-      this.send({ [LISTEN_KEY]: 'datagram', id: request.id, data: new Uint8Array(data), from: { address: from.address, port: from.port, family: from.family } })
-    })
+    }
+    socket.once('error', onBindError)
     socket.bind({ address: request.host, port: request.port, exclusive: true }, () => {
-      const { port } = socket.address()
-      this.send({ [LISTEN_KEY]: 'listening', id: request.id, host: request.host, port }, socket, () => socket.close())
+      socket.off('error', onBindError)
+      // The worker went away while we bound: nobody to relay for.
+      if (this.closed) return void socket.close()
+      const listener = new HostUdpListener(socket, (peer, data) => this.deliver(request.id, peer, data))
+      this.udp.set(request.id, listener)
+      // No handle with the reply: the socket stays here.
+      this.send({ [LISTEN_KEY]: 'listening', id: request.id, host: request.host, port: socket.address().port })
     })
   }
 
+  /** A host peer's datagram to the worker, dropped when too much is still on its way (UDP may drop; memory stays bounded). */
+  private deliver(id: number, peer: number, data: Buffer) {
+    if (this.unsentBytes + data.byteLength > MAX_UNSENT_BYTES) return
+    this.unsentBytes += data.byteLength
+    this.send({ [LISTEN_KEY]: 'datagram', id, peer, data }, undefined, () => (this.unsentBytes -= data.byteLength))
+  }
+
+  /** The worker is gone: every host socket still relayed for it is closed, and later requests are ignored. */
+  closeAll(): void {
+    this.closed = true
+    for (const listener of this.udp.values()) listener.close()
+    this.udp.clear()
+  }
+
   /** Sends `message` (with `handle`), then runs `done`, which closes our copy; a gone worker just gets nothing. */
-  private send(message: ListenReply | ListenDelivery, handle?: RawHandle | UdpSocket, done?: () => void) {
+  private send(message: ListenReply | ListenDelivery, handle?: RawHandle, done?: () => void) {
     if (!this.child.connected) return done?.()
     try {
       this.child.send(message, handle as never, () => done?.())

@@ -82,7 +82,7 @@ async function planProject(project: TestProject, options: ResolvedNetnsOptions):
       const uplinks = !uplink ? 'off' : launch.kind === 'shell' ? 'unavailable (they need the native launcher)' : uplinkMechanism(mode, options, supervisable ? undefined : handoverUnavailable(result))
       const recording = launch.kind === 'shell' ? 'not recorded (shell launcher)' : result.recording === 'on' ? 'recorded' : options.recordAttempts ? `not recorded (${result.recording})` : 'not recorded'
       return {
-        plan: { launch, keep, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink, sandbox: options.sandbox, hostPaths: options.hostPaths, listenRefusal, guard: listenRefusal === undefined, handover: supervisable && uplink?.mode === 'rootless' },
+        plan: { launch, keep, userPool, userPoolRunner, workerEnv, setupFile: options.strict || options.keepTmp !== 'never', uplink, sandbox: options.sandbox, hostPaths: options.hostPaths, listenRefusal, guard: listenRefusal.all === undefined && listenRefusal.tcp === undefined, handover: supervisable && uplink?.mode === 'rootless' },
         summary: `${mode} mode, ${launcher}, outside attempts ${recording}, uplinks: ${uplinks}` +
           (options.hostPorts.length ? `, shared host ports: ${options.hostPorts.join(', ')}` : ''),
       }
@@ -147,20 +147,21 @@ function planUplink(options: ResolvedNetnsOptions, mode: 'root' | 'rootless', ma
 }
 
 /**
- * Why netns.listen() is refused in this project, or undefined. A listener is a
- * socket of the host's network namespace: only a sandbox whose init answers
- * its connect() calls (the connect filter) may hold one, or the test could
- * disconnect it and connect it anywhere the host reaches.
+ * Why netns.listen() is refused in this project: every request (listen:
+ * false), or TCP ones. A TCP listener is a socket of the host's network
+ * namespace: only a sandbox whose init answers its connect() calls (the
+ * connect filter) may hold one, or the test could disconnect it and connect
+ * it anywhere the host reaches. UDP listeners stay with the pool (relayed).
  */
-function listenRefusalFor(options: ResolvedNetnsOptions, launch: LaunchPlan, result: ProbeResult): string | undefined {
-  if (!options.listen) return 'vitest-environment-netns: netns.listen() is off in this project (netns({ listen: false })): the host has no socket for it. Remove that option to allow it.'
+function listenRefusalFor(options: ResolvedNetnsOptions, launch: LaunchPlan, result: ProbeResult): { all?: string; tcp?: string } {
+  if (!options.listen) return { all: 'vitest-environment-netns: netns.listen() is off in this project (netns({ listen: false })): the host has no socket for it. Remove that option to allow it.' }
   if (launch.kind === 'shell') {
-    return `vitest-environment-netns: netns.listen() needs the native launcher, and this run uses the shell launcher${launch.why ? ` (${launch.why})` : ''}: a listener is a host socket, and only the native launcher's connect filter keeps a test from connecting it anew. Use launcher: 'auto' or 'native'${launch.why ? `, and ${COMPILER_FIX}` : ''}.`
+    return { tcp: `vitest-environment-netns: netns.listen() of a TCP socket needs the native launcher, and this run uses the shell launcher${launch.why ? ` (${launch.why})` : ''}: a TCP listener is a host socket, and only the native launcher's connect filter keeps a test from connecting it anew (UDP listeners are relayed and work here). Use launcher: 'auto' or 'native'${launch.why ? `, and ${COMPILER_FIX}` : ''}.` }
   }
   if (result.sharing !== 'on') {
-    return `vitest-environment-netns: netns.listen() needs the connect filter (seccomp user notification), which cannot run here: ${result.sharing.replace(/^unavailable: /, '')}. A listener is a host socket, and only that filter keeps a test from connecting it anew. See npx vitest-environment-netns doctor.`
+    return { tcp: `vitest-environment-netns: netns.listen() of a TCP socket needs the connect filter (seccomp user notification), which cannot run here: ${result.sharing.replace(/^unavailable: /, '')}. A TCP listener is a host socket, and only that filter keeps a test from connecting it anew (UDP listeners are relayed and work here). See npx vitest-environment-netns doctor.` }
   }
-  return undefined
+  return {}
 }
 
 /** Why rootless host services cannot be handed over here (the relay carries them). */

@@ -90,11 +90,11 @@ export interface ProjectPlan {
   uplink?: { mode: UplinkMode; options: ResolvedUplinkOptions }
   /** Which files get namespaces: those of environment `netns`, or all of them (each in its own environment). */
   sandbox: 'netns' | 'all'
-  /** Why netns.listen() requests are refused here (the listen option, or no connect filter); undefined: served. */
-  listenRefusal?: string
+  /** Why netns.listen() requests are refused here: all of them (listen: false), or TCP ones (no connect filter). */
+  listenRefusal?: { all?: string; tcp?: string }
   /**
    * Every worker's init answers its connects (the launcher's --guard): host sockets handed in by netns.listen()
-   * can then never be connected anew. Set when listen is served: the native launcher, seccomp user notification.
+   * can then never be connected anew. Set when TCP listeners are served: the native launcher, seccomp user notification.
    */
   guard?: boolean
   /** Rootless uplinks: TCP host services are handed over as host sockets by init (--handover-fd), not relayed. */
@@ -267,6 +267,9 @@ export class NetnsPoolWorker implements PoolWorker {
     if (uplink && child.pid) this.serveUplink(child, uplink, (child.stdio as unknown as Duplex[])[UPLINK_FD]!, handoverChannel)
     const control = this.launch.controlFd ? (child.stdio[this.launch.controlFd] as Duplex) : undefined
     const listeners = new HostListeners(child, this.plan.listenRefusal)
+    // netns.listen({ protocol: 'udp' }): the host sockets relayed for this worker go with it.
+    child.once('disconnect', () => listeners.closeAll())
+    child.once('exit', () => listeners.closeAll())
     child.on('message', (received) => {
       // netns.listen(): answered here, never seen by Vitest.
       if (isListenMessage(received)) return listeners.handle(received)

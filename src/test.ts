@@ -7,7 +7,7 @@ import { sandboxFromEnv, type NetnsSandbox } from './sandbox.js'
 import { noteUplink, type UplinkFacts } from './hints.js'
 import { mask, parseAddress, parseCidr } from './ipv4.js'
 import { attachUplink, egressRules, type Uplink, type UplinkOptions } from './uplink.js'
-import { listen, type Listener, type ListenOptions } from './listen.js'
+import { listen, type Listener, type ListenOptions, type TcpListener, type UdpListener } from './listen.js'
 import type { EgressRule } from './uplink-protocol.js'
 
 export interface NetnsFixture extends NetnsSandbox {
@@ -19,8 +19,11 @@ export interface NetnsFixture extends NetnsSandbox {
    * A socket listening on the host's loopback (made outside the sandbox and
    * handed in): `server.listen(listener)` serves the host's clients at
    * `listener.host:listener.port`, while this file stays offline. Closed when
-   * the test ends. `{ protocol: 'udp' }` gives a bound datagram socket.
+   * the test ends. `{ protocol: 'udp' }` gives a datagram socket bound in the
+   * sandbox, to which the pool relays the host's peers (no host socket enters).
    */
+  listen(options: ListenOptions & { protocol: 'udp' }): Promise<UdpListener>
+  listen(options?: ListenOptions & { protocol?: 'tcp' }): Promise<TcpListener>
   listen(options?: ListenOptions): Promise<Listener>
 }
 
@@ -73,11 +76,11 @@ export const test = base.extend<NetnsFixtures>({
     }
     // This test's own (concurrent tests have theirs): closed when it ends, pass or fail, so the host ports are free again.
     const listeners = new Set<Listener>()
-    const listenHere = async (options?: ListenOptions) => {
+    const listenHere = (async (options?: ListenOptions) => {
       const listener = await listen(options)
       listeners.add(listener)
       return listener
-    }
+    }) as NetnsFixture['listen']
     try {
       await use({ ...sandbox, recording: recordingState(), attempts: async () => (await readAttempts()) ?? [], listen: listenHere })
     } finally {
@@ -105,5 +108,5 @@ export const it = test
 export { describe, expect, vi, beforeAll, afterAll, beforeEach, afterEach } from 'vitest'
 export type { NetnsSandbox } from './sandbox.js'
 export type { Attempt } from './attempts.js'
-export type { Listener, ListenOptions } from './listen.js'
+export type { Listener, ListenOptions, TcpListener, UdpListener } from './listen.js'
 export type { Uplink, UplinkOptions, Endpoint, ForwardOptions, HostServiceOptions } from './uplink.js'

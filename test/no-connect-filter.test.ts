@@ -23,10 +23,10 @@ test('doctor names the missing connect filter and what it costs', () => {
   if (!root) expect(run.stdout).toMatch(/^ {2}uplinks: host services and forwards +note +relayed by the hub \(about half host-loopback throughput\): no socket hand-over, seccomp filters are refused here/m)
 })
 
-test('netns.listen() is refused, saying why', async () => {
+test('netns.listen() of TCP sockets is refused, saying why; UDP listeners (relayed) are served', async () => {
   const result = await runFixture('listen', {
     wrapper: [deny],
-    env: { LISTEN_REFUSED_WHY: `netns.listen() needs the connect filter (seccomp user notification), which cannot run here: ${WHY}. A listener is a host socket` },
+    env: { LISTEN_UDP_SERVED: '1', LISTEN_REFUSED_WHY: `netns.listen() of a TCP socket needs the connect filter (seccomp user notification), which cannot run here: ${WHY}. A TCP listener is a host socket` },
   })
   expect(result.code, failures(result)).toBe(0)
   expect(result.report?.numPassedTests).toBe(2)
