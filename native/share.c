@@ -62,6 +62,13 @@
 #ifndef SECCOMP_ADDFD_FLAG_SETFD
 #define SECCOMP_ADDFD_FLAG_SETFD (1UL << 0)
 #endif
+/* Linux 6.6: the notifying task and init swap on one CPU instead of a cross-CPU wake-up each way. */
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
+#endif
 
 /* The low 32 bits of a syscall argument (both architectures are little-endian): flags are ints. */
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -155,27 +162,86 @@ int share_start_factory(void) {
   return sp[0];
 }
 
-/* A fresh host socket of `domain`, or -1 with errno. */
-static int factory_socket(int factory, int domain) {
-  char req = domain == AF_INET ? '4' : '6';
-  if (send(factory, &req, 1, MSG_NOSIGNAL) != 1) return -1;
+/*
+ * Host sockets are made ahead: a connect handed over then takes a spare one
+ * instead of waiting for the factory (a round trip to another process, two
+ * context switches). The factory answers requests in order; `asked` is what
+ * is pending, the spares are kept per family, at most SPARES each.
+ */
+#define SPARES 4
+#define MAX_ASKED 32
+static struct {
+  int spare[2][SPARES], nspare[2];
+  unsigned char asked[MAX_ASKED]; /* family index (0: AF_INET, 1: AF_INET6) of each pending request */
+  int nasked;
+  int last_error[2];
+} made;
+
+static int family_index(int domain) { return domain == AF_INET ? 0 : 1; }
+
+static int factory_ask(int factory, int family) {
+  char req = family == 0 ? '4' : '6';
+  if (made.nasked == MAX_ASKED || send(factory, &req, 1, MSG_NOSIGNAL) != 1) return -1;
+  made.asked[made.nasked++] = (unsigned char)family;
+  return 0;
+}
+
+/* Reads the factory's next answer into the spares (or its error). -1 when the factory is gone. */
+static int factory_receive(int factory) {
   unsigned char err = 0;
   union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
   struct iovec iov = {&err, 1};
   struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf};
   ssize_t n;
   while ((n = recvmsg(factory, &msg, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {}
-  if (n != 1) {
-    errno = ENETDOWN;
-    return -1;
-  }
+  if (n != 1 || made.nasked == 0) return -1;
+  int family = made.asked[0];
+  memmove(made.asked, made.asked + 1, (size_t)--made.nasked);
   struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
   if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int))) {
-    errno = err ? err : ENETDOWN;
-    return -1;
+    made.last_error[family] = err ? err : ENETDOWN;
+    return 0;
   }
   int fd;
   memcpy(&fd, CMSG_DATA(c), sizeof fd);
+  if (made.nspare[family] < SPARES) made.spare[family][made.nspare[family]++] = fd;
+  else close(fd);
+  return 0;
+}
+
+static int asked_for(int family) {
+  int n = 0;
+  for (int i = 0; i < made.nasked; i++) n += made.asked[i] == family;
+  return n;
+}
+
+/* Asks for what the spares of `family` lack. */
+static void factory_top_up(int factory, int family) {
+  while (made.nspare[family] + asked_for(family) < SPARES)
+    if (factory_ask(factory, family) < 0) return;
+}
+
+/* A fresh host socket of `domain`, or -1 with errno. */
+static int factory_socket(int factory, int domain) {
+  int family = family_index(domain);
+  made.last_error[family] = 0;
+  if (made.nspare[family] == 0 && asked_for(family) == 0 && factory_ask(factory, family) < 0) {
+    errno = ENETDOWN;
+    return -1;
+  }
+  /* Answers come in order: read until one of this family is there (or failed). */
+  while (made.nspare[family] == 0) {
+    if (made.last_error[family]) {
+      errno = made.last_error[family];
+      return -1;
+    }
+    if (factory_receive(factory) < 0) {
+      errno = ENETDOWN;
+      return -1;
+    }
+  }
+  int fd = made.spare[family][--made.nspare[family]];
+  factory_top_up(factory, family);
   return fd;
 }
 
@@ -1142,6 +1208,13 @@ int share_supervise(int listener, int factory, const unsigned short *ports, int 
   sv.handover = handover;
   if (handover >= 0) fcntl(handover, F_SETFL, O_NONBLOCK);
   sv.listener = listener;
+  /* Spares for the first connects: made while the program starts. */
+  if (factory >= 0) {
+    factory_top_up(factory, 0);
+    factory_top_up(factory, 1);
+  }
+  /* Older kernels refuse it (EINVAL): the wake-ups are then the usual ones. */
+  ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
   sv.factory = factory;
   sv.ports = ports;
   sv.nports = nports;
@@ -1154,7 +1227,7 @@ int share_supervise(int listener, int factory, const unsigned short *ports, int 
   sa.sa_handler = on_chld;
   sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
   sigaction(SIGCHLD, &sa, NULL);
-  static struct pollfd fds[3 + MAX_PENDING];
+  static struct pollfd fds[4 + MAX_PENDING];
   for (;;) {
     int status;
     pid_t pid;
@@ -1165,9 +1238,13 @@ int share_supervise(int listener, int factory, const unsigned short *ports, int 
     /* All slots busy: later connects wait in the kernel until one frees. */
     fds[1] = (struct pollfd){sv.npending < MAX_PENDING ? sv.listener : -1, POLLIN, 0};
     fds[2] = (struct pollfd){sv.handover, POLLIN, 0};
-    for (int i = 0; i < sv.npending; i++) fds[3 + i] = (struct pollfd){sv.pending[i].fd, POLLOUT, 0};
+    /* Spare host sockets on their way (factory_top_up). */
+    fds[3] = (struct pollfd){made.nasked ? sv.factory : -1, POLLIN, 0};
+    for (int i = 0; i < sv.npending; i++) fds[4 + i] = (struct pollfd){sv.pending[i].fd, POLLOUT, 0};
     /* With connects in flight, wake now and then to drop those whose target is gone. */
-    if (poll(fds, 3 + sv.npending, sv.npending ? 1000 : -1) < 0) continue;
+    if (poll(fds, 4 + sv.npending, sv.npending ? 1000 : -1) < 0) continue;
+    if (fds[3].revents & POLLIN) factory_receive(sv.factory);
+    else if (fds[3].revents & (POLLHUP | POLLERR)) made.nasked = 0; /* the factory is gone: factory_socket says so */
     if (fds[0].revents) {
       char drain[64];
       while (read(chld_pipe[0], drain, sizeof drain) > 0) {}
@@ -1182,7 +1259,7 @@ int share_supervise(int listener, int factory, const unsigned short *ports, int 
     for (int i = sv.npending - 1; i >= 0; i--) {
       struct pending *p = &sv.pending[i];
       int keep = 1;
-      if (fds[3 + i].revents) keep = finish(p);
+      if (fds[4 + i].revents) keep = finish(p);
       else if (!id_valid(p->id)) {
         close(p->fd);
         keep = 0;
