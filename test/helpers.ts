@@ -107,13 +107,26 @@ export function ownNetNamespace(): string {
 }
 
 /**
- * Builds test/helpers/deny-userns.c into outDir: it runs a command under a
- * seccomp filter that refuses new user namespaces, as Docker's default
- * profile does. Returns its path; the caller removes it.
+ * Builds test/helpers/deny.c into outDir: it runs a command under a seccomp
+ * filter that refuses new user namespaces, as Docker's default profile does.
+ * Returns its path; the caller removes it.
  */
 export function buildDenyUserns(tag: string): string {
+  return buildDeny('userns', tag, [])
+}
+
+/**
+ * The same program built to refuse new seccomp filters instead, as a
+ * container profile that blocks seccomp user notification looks to the
+ * launcher. Returns its path; the caller removes it.
+ */
+export function buildDenySeccomp(tag: string): string {
+  return buildDeny('seccomp', tag, ['-DDENY_SECCOMP'])
+}
+
+function buildDeny(kind: string, tag: string, flags: string[]): string {
   mkdirSync(outDir, { recursive: true })
-  const path = join(outDir, `deny-userns-${tag}-${process.pid}`)
-  execFileSync('cc', ['-O2', '-Wall', '-o', path, join(repoRoot, 'test', 'helpers', 'deny-userns.c')], { stdio: 'pipe' })
+  const path = join(outDir, `deny-${kind}-${tag}-${process.pid}`)
+  execFileSync('cc', ['-O2', '-Wall', ...flags, '-o', path, join(repoRoot, 'test', 'helpers', 'deny.c')], { stdio: 'pipe' })
   return path
 }

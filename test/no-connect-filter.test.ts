@@ -2,19 +2,18 @@
 // filters, as some containers have; deny-seccomp plays it), what needs it
 // says so and falls back: doctor's row, netns.listen() refused with the
 // reason, rootless uplinks relayed by the hub and the start line saying why.
-import { execFileSync, spawnSync } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
+import { rmSync } from 'node:fs'
 import { join } from 'node:path'
-import { beforeAll, expect, test } from 'vitest'
-import { failures, outDir, repoRoot, runFixture } from './helpers.js'
+import { afterAll, beforeAll, expect, test } from 'vitest'
+import { buildDenySeccomp, failures, repoRoot, runFixture } from './helpers.js'
 
 const root = process.getuid?.() === 0
 const WHY = "seccomp filters are refused here (a container's seccomp profile?): Operation not permitted"
 let deny = ''
 
-beforeAll(() => {
-  deny = join(outDir, `deny-seccomp-${process.pid}`)
-  execFileSync('cc', ['-O2', '-Wall', '-o', deny, join(repoRoot, 'test', 'helpers', 'deny-seccomp.c')], { stdio: 'pipe' })
-})
+beforeAll(() => void (deny = buildDenySeccomp('no-connect-filter')))
+afterAll(() => rmSync(deny, { force: true }))
 
 test('doctor names the missing connect filter and what it costs', () => {
   const run = spawnSync(deny, [process.execPath, join(repoRoot, 'dist', 'cli.js'), 'doctor'], { encoding: 'utf8', timeout: 60_000 })
