@@ -3,9 +3,16 @@
 //   node bench/shared-client.mjs PORT throughput BYTES  -> {"mibPerS": n}
 //   node bench/shared-client.mjs PORT rtt COUNT          -> {"rttUs": [..]} (one 1-byte echo per sample)
 //   node bench/shared-client.mjs PORT connects COUNT     -> {"connectUs": [..]} (connect until 'connect', one after the other)
-import { connect } from 'node:net'
+//   node bench/shared-client.mjs 0 connects COUNT        -> the same to a server of its own on 127.0.0.1 (the sandbox's, in one)
+import { connect, createServer } from 'node:net'
 
-const [port, mode, amount] = process.argv.slice(2)
+const [portArg, mode, amount] = process.argv.slice(2)
+let port = portArg
+if (mode === 'connects' && port === '0') {
+  const own = createServer((socket) => socket.destroy())
+  await new Promise((resolve) => own.listen(0, '127.0.0.1', resolve))
+  port = String(own.address().port)
+}
 if (mode === 'connects') {
   const samples = []
   for (let i = 0; i < Number(amount); i++) {

@@ -4,7 +4,10 @@
 // the same service, in one run. Throughput (a bounded transfer) and round
 // trip (1-byte echoes), alternating the two, several rounds; and what a
 // connect() itself costs (200 sequential connects, median), the one step
-// the supervisor is in.
+// the supervisor is in. Then, with nothing shared, what the connect filter
+// alone costs each connect (netns-launch --guard, which every netns worker
+// gets while netns.listen() is allowed): 200 connects to a server in the same
+// sandbox, with and without the filter, alternating.
 //
 //   npm run bench
 //   node bench/shared-ports.mjs [--mib 256] [--pings 2000] [--rounds 5]
@@ -31,10 +34,13 @@ const server = createServer(serveBenchConnection)
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
 const port = server.address().port
 
+/** `sandboxed`: false (a plain process), true (shared port), or the launcher's flags for a client of the sandbox's own server. */
 function runClient(sandboxed, mode, amount) {
-  const command = sandboxed
-    ? [launcher, ['--share-ports', String(port), '--', process.execPath, client, String(port), mode, String(amount)]]
-    : [process.execPath, [client, String(port), mode, String(amount)]]
+  const command = Array.isArray(sandboxed)
+    ? [launcher, ['--record', ...sandboxed, '--', process.execPath, client, '0', mode, String(amount)]]
+    : sandboxed
+      ? [launcher, ['--share-ports', String(port), '--', process.execPath, client, String(port), mode, String(amount)]]
+      : [process.execPath, [client, String(port), mode, String(amount)]]
   return new Promise((resolve, reject) => {
     const child = spawn(command[0], command[1], { stdio: ['ignore', 'pipe', 'inherit'], cwd: join(here, '..') })
     let out = ''
@@ -49,6 +55,7 @@ function runClient(sandboxed, mode, amount) {
 }
 
 const results = { plain: { mib: [], rtt: [], connect: [] }, sandbox: { mib: [], rtt: [], connect: [] } }
+const inside = { guard: [], none: [] }
 try {
   for (let round = 0; round < args.rounds; round++) {
     for (const kind of round % 2 ? ['sandbox', 'plain'] : ['plain', 'sandbox']) {
@@ -56,6 +63,9 @@ try {
       results[kind].mib.push((await runClient(sandboxed, 'throughput', args.mib * 1048576)).mibPerS)
       results[kind].rtt.push(median((await runClient(sandboxed, 'rtt', args.pings)).rttUs))
       results[kind].connect.push(median((await runClient(sandboxed, 'connects', 200)).connectUs))
+    }
+    for (const kind of round % 2 ? ['guard', 'none'] : ['none', 'guard']) {
+      inside[kind].push(median((await runClient(kind === 'guard' ? ['--guard'] : [], 'connects', 200)).connectUs))
     }
   }
 } finally {
@@ -73,6 +83,18 @@ console.log(
       ['plain process -> host 127.0.0.1', fmt(tp('plain')), fmt(rt('plain'), 1), fmt(ct('plain'), 1)],
       ['sandbox, shared port -> host 127.0.0.1', fmt(tp('sandbox')), fmt(rt('sandbox'), 1), fmt(ct('sandbox'), 1)],
       ['ratio (sandbox / plain)', fmt(tp('sandbox') / tp('plain'), 2) + 'x', fmt(rt('sandbox') / rt('plain'), 2) + 'x', fmt(ct('sandbox') / ct('plain'), 2) + 'x'],
+    ],
+  ),
+)
+const inner = (k) => median(inside[k])
+console.log(`\nConnects inside one sandbox, nothing shared (${mode}): 200 per sample, ${args.rounds} rounds, medians`)
+console.log(
+  table(
+    ['launcher', 'connect µs'],
+    [
+      ['--record (no connect filter)', fmt(inner('none'), 1)],
+      ['--record --guard (the connect filter)', fmt(inner('guard'), 1)],
+      ['added by the filter', `+${fmt(inner('guard') - inner('none'), 1)} (${fmt(inner('guard') / inner('none'), 2)}x)`],
     ],
   ),
 )
