@@ -724,7 +724,7 @@ static pid_t fork_program(pid_t pid) {
  * runs under the connect filter, answered here; `factory`: the host socket
  * factory (shared ports, host services), or -1.
  */
-static void run_init(char **argv, uid_t uid, int file_caps, int status_fd, int relay_alive, int worker_ctl, pid_t program_pid, int supervised, int factory) {
+static void run_init(char **argv, uid_t uid, int file_caps, int status_fd, int relay_alive, int worker_ctl, pid_t program_pid, int supervised, int factory, unsigned long long host_cookie) {
   prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   /* The relay may have been killed before PDEATHSIG was armed. */
   struct pollfd pfd = {relay_alive, POLLIN, 0};
@@ -770,7 +770,7 @@ static void run_init(char **argv, uid_t uid, int file_caps, int status_fd, int r
   int keep[4] = {status_fd, listener, factory, handover_fd};
   detach_fds(keep, 4);
   if (listener >= 0) {
-    int status = share_supervise(listener, factory, share_ports, share_count, handover_fd, child);
+    int status = share_supervise(listener, factory, share_ports, share_count, handover_fd, host_cookie, child);
     if (write(status_fd, &status, sizeof status) < 0) { /* relay gone: nothing to tell */ }
     _exit(0);
   }
@@ -979,6 +979,9 @@ int main(int argc, char **argv) {
     if ((factory = share_start_factory()) < 0) die("socket factory");
   }
 
+  /* The host's network namespace, as sockets name it: the connect filter tells host sockets by it. */
+  unsigned long long host_cookie = share_netns_cookie();
+
   step = "unshare";
   if (unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC) < 0)
     die("user, net, mount, pid, uts and ipc namespaces");
@@ -1021,7 +1024,7 @@ int main(int argc, char **argv) {
       _exit(0);
     }
     if (ctl[0] >= 0) close(ctl[0]);
-    run_init(argv + i, uid, file_caps, status_pipe[1], alive_pipe[0], ctl[1], relay, guard || factory >= 0, factory);
+    run_init(argv + i, uid, file_caps, status_pipe[1], alive_pipe[0], ctl[1], relay, guard || factory >= 0, factory, host_cookie);
   }
   if (factory >= 0) close(factory); /* init's alone */
   if (handover_fd >= 0) close(handover_fd);

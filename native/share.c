@@ -52,6 +52,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "share.h"
@@ -376,6 +377,8 @@ struct pending {
   socklen_t cand_len[2];
 };
 
+static int host_cookie(unsigned long long cookie);
+
 static void release_hold(struct pending *p) {
   if (p->hold >= 0) close(p->hold);
   p->hold = -1;
@@ -386,6 +389,7 @@ static struct {
   const unsigned short *ports;
   int nports;
   int handover;              /* the pool's hand-over channel (uplink host services), or -1 */
+  unsigned long long host;   /* the host's network namespace (where Vitest runs), or 0 when unknown */
   unsigned long long cookie; /* the sandbox's network namespace */
   int own_proc;              /* /proc is the sandbox's (pids in notifications name its files) */
   struct pending pending[MAX_PENDING];
@@ -462,7 +466,8 @@ static void v6_loopback(struct sockaddr_storage *ss, socklen_t *len, unsigned sh
 }
 
 static int takeover_destination(int v4, uint32_t v4_addr, unsigned port, struct pending *p, unsigned short *host_port);
-static int scan_sockets(int (*visit)(int copy, unsigned long inode, pid_t pid, int fd, void *arg), void *arg);
+/* `only`: that socket inode alone (not copied otherwise), or 0 for all. */
+static int scan_sockets(int (*visit)(int copy, unsigned long inode, pid_t pid, int fd, void *arg), void *arg, unsigned long only);
 
 /*
  * Whether `addr` (as the target gave it, for a socket of `domain`) is a shared
@@ -548,6 +553,43 @@ static void install(struct pending *p, int fd) {
 }
 
 /*
+ * Binds a host socket to the loopback address of `to`'s family (127.0.0.1,
+ * ::ffff:127.0.0.1 or ::1) on an explicit port: `port`, or when 0 one picked
+ * here from the ephemeral range. Why not port 0: a port the kernel assigns is
+ * given back when the socket returns to TCP_CLOSE (a connection that ended, a
+ * listener after shutdown()), and an unbound host socket could then be bound
+ * anew, to any address of the host. An explicit port and address are locked
+ * (SOCK_BINDPORT_LOCK, SOCK_BINDADDR_LOCK): the socket stays bound to them for
+ * good, so bind() on it can only fail. 0, or an errno.
+ */
+static int bind_locked(int fd, const struct sockaddr_storage *to, unsigned port) {
+  struct sockaddr_storage at;
+  socklen_t len;
+  if (to->ss_family == AF_INET) {
+    v4_loopback(&at, &len, AF_INET, 0);
+  } else if (memcmp(&((const struct sockaddr_in6 *)to)->sin6_addr, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0) {
+    v4_loopback(&at, &len, AF_INET6, 0);
+  } else {
+    v6_loopback(&at, &len, 0);
+  }
+  static unsigned seed;
+  if (!seed) seed = (unsigned)getpid() * 2654435761u ^ (unsigned)time(NULL);
+  for (int tries = 0; tries < 64; tries++) {
+    unsigned pick = port;
+    if (!pick) {
+      seed ^= seed << 13, seed ^= seed >> 17, seed ^= seed << 5;
+      pick = 32768 + seed % (60999 - 32768 + 1);
+    }
+    unsigned short be = htons((unsigned short)pick);
+    if (at.ss_family == AF_INET) ((struct sockaddr_in *)&at)->sin_port = be;
+    else ((struct sockaddr_in6 *)&at)->sin6_port = be;
+    if (bind(fd, (struct sockaddr *)&at, len) == 0) return 0;
+    if (errno != EADDRINUSE || port) return errno;
+  }
+  return EADDRNOTAVAIL;
+}
+
+/*
  * Tries p's candidate addresses from p->next on, each with a fresh host
  * socket. Returns 1 while a connect is in flight (p->fd), 0 when answered.
  */
@@ -563,6 +605,12 @@ static int connect_host(struct pending *p) {
       int one = 1;
       if (p->nodelay) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
       if (p->keepalive) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+      if ((err = bind_locked(fd, addr, 0)) != 0) {
+        close(fd);
+        if (p->next == 0) p->first_error = err;
+        p->next++;
+        continue;
+      }
       if (connect(fd, (struct sockaddr *)addr, p->cand_len[p->next]) == 0) {
         install(p, fd);
         return 0;
@@ -736,7 +784,7 @@ static int takeover_copy(struct takeover *t) {
     close(copy);
     copy = -1;
   }
-  if (copy < 0) copy = scan_sockets(is_inode, t); /* moved (dup2, passed to a child) or gone */
+  if (copy < 0) copy = scan_sockets(is_inode, t, t->inode); /* moved (dup2, passed to a child) or gone */
   return copy;
 }
 
@@ -746,6 +794,15 @@ static int takeover_destination(int v4, uint32_t v4_addr, unsigned port, struct 
     if (t->port != port || (v4 && v4_addr != htonl(INADDR_LOOPBACK) && v4_addr != t->address)) continue;
     int copy = takeover_copy(t);
     if (copy < 0) { /* the server closed it: its port is the sandbox's own again */
+      takeovers[i--] = takeovers[--ntakeovers];
+      continue;
+    }
+    /* Still where it was taken over (it cannot move: bind_locked), so the connect reaches this server. */
+    struct sockaddr_in bound;
+    socklen_t bound_len = sizeof bound;
+    if (getsockname(copy, (struct sockaddr *)&bound, &bound_len) < 0 || bound.sin_family != AF_INET ||
+        bound.sin_addr.s_addr != htonl(INADDR_LOOPBACK) || ntohs(bound.sin_port) != t->host_port) {
+      close(copy);
       takeovers[i--] = takeovers[--ntakeovers];
       continue;
     }
@@ -916,10 +973,11 @@ static void forward_command(unsigned port, unsigned host_port, uint32_t address,
   }
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in at = {.sin_family = AF_INET, .sin_port = htons((uint16_t)host_port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  struct sockaddr_in at = {.sin_family = AF_INET};
   socklen_t len = sizeof at;
-  if (bind(fd, (struct sockaddr *)&at, sizeof at) < 0 || getsockname(fd, (struct sockaddr *)&at, &len) < 0) {
-    int e = errno;
+  int e = bind_locked(fd, (struct sockaddr_storage *)&at, host_port);
+  if (e || getsockname(fd, (struct sockaddr *)&at, &len) < 0) {
+    if (!e) e = errno;
     close(fd);
     snprintf(answer, size, "error %s", e == EADDRINUSE ? "EADDRINUSE" : e == EACCES ? "EACCES" : "EINVAL");
     return;
@@ -997,11 +1055,16 @@ static int handle(struct pending *p) {
   }
   unsigned long long cookie = 0;
   socklen_t cookie_len = sizeof cookie;
-  if (getsockopt(copy, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &cookie_len) < 0 || cookie != sv.cookie) {
-    /* A host socket we installed: it is connected, and stays so (never re-connected, never disconnected). */
+  if (getsockopt(copy, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &cookie_len) < 0 || host_cookie(cookie)) {
+    /* A host socket (one init installed, a listener handed in): it is never connected anew. */
     close(copy);
     respond(req.id, EISCONN);
     return 0;
+  }
+  /* A socket of a network namespace the sandbox made itself (unshare -n): connected there, nothing handed over. */
+  if (cookie != sv.cookie) {
+    int own_flags = fcntl(copy, F_GETFL);
+    return connect_own(p, req.pid, copy, &addr, (socklen_t)len, own_flags < 0 ? 0 : own_flags);
   }
   int domain = sockopt_int(copy, SOL_SOCKET, SO_DOMAIN);
   int type = sockopt_int(copy, SOL_SOCKET, SO_TYPE);
@@ -1031,6 +1094,11 @@ static int handle(struct pending *p) {
     return waiting;
   }
   return connect_own(p, req.pid, copy, &addr, (socklen_t)len, flags);
+}
+
+/* Whether a socket of that namespace is the host's: known exactly, or else anything not the sandbox's own. */
+static int host_cookie(unsigned long long cookie) {
+  return sv.host ? cookie == sv.host : cookie != sv.cookie;
 }
 
 static unsigned long long own_cookie(void) {
@@ -1080,7 +1148,7 @@ static int service_connection(int fd) {
  * each, through a copy (pidfd_getfd). `visit` returns 1 to stop and keep the
  * copy, which is then returned; otherwise the copy is closed. -1: none kept.
  */
-static int scan_sockets(int (*visit)(int copy, unsigned long inode, pid_t pid, int fd, void *arg), void *arg) {
+static int scan_sockets(int (*visit)(int copy, unsigned long inode, pid_t pid, int fd, void *arg), void *arg, unsigned long only) {
   if (!sv.own_proc) return -1;
   DIR *proc = opendir("/proc");
   if (!proc) return -1;
@@ -1107,6 +1175,7 @@ static int scan_sockets(int (*visit)(int copy, unsigned long inode, pid_t pid, i
       target[n] = '\0';
       if (strncmp(target, "socket:[", 8) != 0) continue;
       unsigned long inode = strtoul(target + 8, NULL, 10);
+      if (only && inode != only) continue;
       int known = 0;
       for (int i = 0; i < nseen && !known; i++) known = seen[i] == inode;
       if (known) continue;
@@ -1127,7 +1196,7 @@ static int cut_if_service(int copy, unsigned long inode, pid_t pid, int fd, void
   (void)inode, (void)pid, (void)fd, (void)arg;
   unsigned long long cookie = 0;
   socklen_t cookie_len = sizeof cookie;
-  if (getsockopt(copy, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &cookie_len) == 0 && cookie != sv.cookie && service_connection(copy))
+  if (getsockopt(copy, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &cookie_len) == 0 && host_cookie(cookie) && service_connection(copy))
     shutdown(copy, SHUT_RDWR);
   return 0;
 }
@@ -1139,7 +1208,7 @@ static int cut_if_service(int copy, unsigned long inode, pid_t pid, int fd, void
  * down through a copy: shutdown() acts on the socket, not the copy.
  */
 static void cut_service_connections(void) {
-  if (nservices > 0) scan_sockets(cut_if_service, NULL);
+  if (nservices > 0) scan_sockets(cut_if_service, NULL, 0);
 }
 
 /*
@@ -1204,7 +1273,10 @@ static int handover_read(void) {
   return len < sizeof buf;
 }
 
-int share_supervise(int listener, int factory, const unsigned short *ports, int nports, int handover, pid_t child) {
+unsigned long long share_netns_cookie(void) { return own_cookie(); }
+
+int share_supervise(int listener, int factory, const unsigned short *ports, int nports, int handover, unsigned long long host, pid_t child) {
+  sv.host = host;
   sv.handover = handover;
   if (handover >= 0) fcntl(handover, F_SETFL, O_NONBLOCK);
   sv.listener = listener;
@@ -1243,17 +1315,19 @@ int share_supervise(int listener, int factory, const unsigned short *ports, int 
     for (int i = 0; i < sv.npending; i++) fds[4 + i] = (struct pollfd){sv.pending[i].fd, POLLOUT, 0};
     /* With connects in flight, wake now and then to drop those whose target is gone. */
     if (poll(fds, 4 + sv.npending, sv.npending ? 1000 : -1) < 0) continue;
-    if (fds[3].revents & POLLIN) factory_receive(sv.factory);
-    else if (fds[3].revents & (POLLHUP | POLLERR)) made.nasked = 0; /* the factory is gone: factory_socket says so */
+    /* The factory gone (an answer cut short, or a hang-up): nothing more to wait for; factory_socket says so. */
+    if ((fds[3].revents & POLLIN) ? factory_receive(sv.factory) < 0 : (fds[3].revents & (POLLHUP | POLLERR)) != 0) made.nasked = 0;
     if (fds[0].revents) {
       char drain[64];
       while (read(chld_pipe[0], drain, sizeof drain) > 0) {}
     }
-    /* The pool gone (or misbehaving): no services any more, and nothing more to hear. */
+    /* The pool gone (or misbehaving): as when the uplink goes down, and nothing more to hear. */
     if (fds[2].revents && !handover_read()) {
       close(sv.handover);
       sv.handover = -1;
+      cut_service_connections();
       nservices = 0;
+      drop_forwards();
     }
     /* Finished connects first: they free their slots. */
     for (int i = sv.npending - 1; i >= 0; i--) {

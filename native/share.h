@@ -43,8 +43,13 @@ int share_check_kernel(const char **why);
  * children until `child` exits. `factory` (or -1: no host sockets are made),
  * `ports`: shared host ports. `handover` (or -1): the pool's channel naming
  * the uplink host services to hand over (rootless), one line each way.
+ * `host`: the host's network namespace cookie (0: unknown), so sockets of
+ * namespaces the sandbox makes itself are told from the host's.
  * Returns child's wait status.
  */
-int share_supervise(int listener, int factory, const unsigned short *ports, int nports, int handover, pid_t child);
+int share_supervise(int listener, int factory, const unsigned short *ports, int nports, int handover, unsigned long long host, pid_t child);
+
+/* The calling process's network namespace cookie (SO_NETNS_COOKIE), or 0. Called before unshare: the host's. */
+unsigned long long share_netns_cookie(void);
 
 #endif

@@ -19,6 +19,14 @@ import {
 } from './listen-protocol.js'
 import { HostUdpListener } from './listen-udp-host.js'
 
+/** Ports picked for a listener asked without one, before giving up (each pick is free unless another program took it). */
+const LOCKED_PORT_TRIES = 16
+
+/** A port of the usual ephemeral range (32768–60999), for a listener asked without one. */
+function pickPort(): number {
+  return 32768 + Math.floor(Math.random() * (60999 - 32768 + 1))
+}
+
 /** Sockets one worker may ask for in its life: each holds a host port until the test ends. */
 export const MAX_LISTENERS_PER_WORKER = 256
 /** Bytes of relayed datagrams on their way to the worker; beyond it, host datagrams are dropped (a worker that does not read costs no memory). */
@@ -81,10 +89,20 @@ export class HostListeners {
     else this.bindUdp(request)
   }
 
-  private listenTcp(request: ListenRequest) {
+  /**
+   * The listener is bound to an explicit port, even when the test asked for any: a port the kernel picks (port 0)
+   * is given back when the socket returns to TCP_CLOSE (shutdown() of a listener), and the sandbox could then bind
+   * this host socket anew, to any address of the host. An explicit port and address stay bound for good.
+   */
+  private listenTcp(request: ListenRequest, triesLeft = LOCKED_PORT_TRIES) {
+    const port = request.port || pickPort()
     const server: Server = createServer()
-    server.once('error', (error) => this.send({ [LISTEN_KEY]: 'listening', id: request.id, error: bindError(error, request) }))
-    server.listen({ host: request.host, port: request.port, exclusive: true }, () => {
+    server.once('error', (error: NodeJS.ErrnoException) => {
+      // A port picked here that something else holds: another pick. A port the test asked for: its error.
+      if (!request.port && error.code === 'EADDRINUSE' && triesLeft > 1) return this.listenTcp(request, triesLeft - 1)
+      this.send({ [LISTEN_KEY]: 'listening', id: request.id, error: bindError(error, request) })
+    })
+    server.listen({ host: request.host, port, exclusive: true }, () => {
       const handle = (server as unknown as { _handle: RawHandle })._handle
       // A connection our copy accepts before it is closed belongs to the worker: it gets it as it is.
       handle.onconnection = (status, client) => {
