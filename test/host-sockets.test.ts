@@ -9,7 +9,7 @@ import { failures, runFixture } from './helpers.js'
 test('no host socket in a sandbox becomes a new connection on the host', async () => {
   const result = await runFixture('host-sockets')
   expect(result.code, failures(result)).toBe(0)
-  expect(result.report?.numPassedTests).toBe(4)
+  expect(result.report?.numPassedTests).toBe(5)
   // The unshared service was never reached, by any of the tries.
   expect(result.records['secret-reached']).toBe(0)
 })
