@@ -372,6 +372,7 @@ struct pending {
   int cloexec, nonblock, nodelay, keepalive, target_domain;
   int next, count; /* host: candidate addresses (the one asked for first) */
   int first_error;
+  int repicks;     /* local ports picked again for this connect (bind_locked) */
   int hold;        /* -1, or a copy of a taken-over server socket, held until the connect is answered (its port cannot change hands meanwhile) */
   struct sockaddr_storage cand[2];
   socklen_t cand_len[2];
@@ -572,6 +573,13 @@ static int bind_locked(int fd, const struct sockaddr_storage *to, unsigned port)
   } else {
     v6_loopback(&at, &len, 0);
   }
+  /*
+   * SO_REUSEADDR: a port whose last connections wait in TIME_WAIT is free for
+   * this bind too (connect's own port choice reuses those as well); a port a
+   * listener or a socket without it holds is not.
+   */
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   static unsigned seed;
   if (!seed) seed = (unsigned)getpid() * 2654435761u ^ (unsigned)time(NULL);
   for (int tries = 0; tries < 64; tries++) {
@@ -616,6 +624,11 @@ static int connect_host(struct pending *p) {
         return 0;
       }
       err = errno;
+      /* The port picked makes a connection that still exists (EADDRNOTAVAIL): another pick. */
+      if (err == EADDRNOTAVAIL && ++p->repicks <= 8) {
+        close(fd);
+        continue;
+      }
       if (err == EINPROGRESS) {
         p->fd = fd;
         return 1;
