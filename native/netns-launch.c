@@ -879,6 +879,14 @@ static void enter_hub(const char *pid) {
   close(fd);
 }
 
+/* A descriptor number given on the command line: plain decimal, above stdio. */
+static int fd_arg(const char *n) {
+  char *end;
+  long v = strtol(n, &end, 10);
+  if (*n < '0' || *n > '9' || *end || v < 3 || v > MAX_FD_NUMBER) usage();
+  return (int)v;
+}
+
 static int is_pid(const char *s) {
   char *end;
   long v = strtol(s, &end, 10);
@@ -914,17 +922,9 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[i], "--noexec") == 0) {
       noexec = 1;
     } else if (strcmp(argv[i], "--control-fd") == 0 && i + 1 < argc) {
-      const char *n = argv[++i];
-      char *end;
-      long v = strtol(n, &end, 10);
-      if (*n < '0' || *n > '9' || *end || v < 3 || v > MAX_FD_NUMBER) usage();
-      control = (int)v;
+      control = fd_arg(argv[++i]);
     } else if (strcmp(argv[i], "--handover-fd") == 0 && i + 1 < argc) {
-      const char *n = argv[++i];
-      char *end;
-      long v = strtol(n, &end, 10);
-      if (*n < '0' || *n > '9' || *end || v < 3 || v > MAX_FD_NUMBER) usage();
-      handover_fd = (int)v;
+      handover_fd = fd_arg(argv[++i]);
     } else if (strcmp(argv[i], "--guard") == 0) {
       guard = 1;
     } else if (strcmp(argv[i], "--share-ports") == 0 && i + 1 < argc) {
