@@ -1,31 +1,38 @@
 /*
- * Shared host ports: a TCP connect() in the sandbox to 127.0.0.1, ::1 or
- * ::ffff:127.0.0.1 on a shared port reaches the host's loopback, for every
- * process of the sandbox (Node, curl, native addons).
+ * The connect filter: what lets a sandbox hold sockets of the host's network
+ * namespace, and no more than that.
+ *  - shared host ports (--share-ports): a TCP connect() in the sandbox to
+ *    127.0.0.1, ::1 or ::ffff:127.0.0.1 on a shared port reaches the host's
+ *    loopback, for every process of the sandbox (Node, curl, native addons);
+ *  - --guard: the filter alone, for sandboxes handed host listeners
+ *    (netns.listen()): no host socket is ever connected anew;
+ *  - --handover-fd (rootless uplinks): the pool names the test's host
+ *    services (a connect to gateway:port gets a host socket) and forwards (a
+ *    server's bind() of the port gets a held host listener).
  *
  * Pieces:
  *  - the program installs a seccomp filter before exec that turns connect()
- *    into a user notification (io_uring_setup fails with ENOSYS: its
- *    IORING_OP_CONNECT would not pass the filter), and sends the listener to
- *    init, its ancestor;
+ *    (and, with the hand-over channel, bind()) into a user notification and
+ *    refuses io_uring, other ABIs and MSG_FASTOPEN sends, and sends the
+ *    listener to init, its ancestor;
  *  - a socket factory, forked by the launcher before unshare(CLONE_NEWNET),
  *    stays in the host's network namespace and hands out fresh TCP sockets
- *    (a socket's namespace is fixed when it is made);
+ *    (a socket's namespace is fixed when it is made); init keeps a few spare;
  *  - init (share_supervise) answers every connect() itself. It copies the
  *    target's socket (pidfd_getfd) and reads the address into its own memory,
  *    then:
- *      shared destination: connects a host socket to that checked address,
- *        waits for the handshake, installs the connected socket over the
- *        target's descriptor (SECCOMP_IOCTL_NOTIF_ADDFD, SETFD) and answers 0;
- *      anything else: connects its copy of the target's own socket (a socket
- *        of the sandbox's namespace, checked by SO_NETNS_COOKIE) to the copied
- *        address, and answers with connect's result;
- *      a socket of the host's namespace (one we installed, always connected):
- *        EISCONN.
- *    It never answers SECCOMP_USER_NOTIF_FLAG_CONTINUE, so the kernel never
- *    re-reads the address or the descriptor after the check: the object that
- *    was checked is the object that is connected (docs/how-it-works.md).
- * Only used when ports are shared: otherwise none of this runs.
+ *      shared destination, host service, taken-over server: connects a host
+ *        socket (bound to an explicit loopback port: bind_locked) to the
+ *        checked address, waits for the handshake, installs the connected
+ *        socket over the target's descriptor (SECCOMP_IOCTL_NOTIF_ADDFD,
+ *        SETFD) and answers 0;
+ *      anything else: connects its copy of the target's own socket to the
+ *        copied address, and answers with connect's result;
+ *      a socket of the host's namespace (SO_NETNS_COOKIE): EISCONN.
+ *    A connect is never answered SECCOMP_USER_NOTIF_FLAG_CONTINUE, so the
+ *    kernel never re-reads the address or the descriptor after the check.
+ *    Binds that take no forward over are (handle_bind says why that is safe).
+ * Without shared ports, listeners or rootless uplinks none of this runs.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
